@@ -1,0 +1,5 @@
+"""Allow `python -m hub`."""
+
+from .cli import main
+
+raise SystemExit(main())

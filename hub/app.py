@@ -1,0 +1,142 @@
+"""The composition root: builds the parts from config, owns start-up and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config
+from .errors import ConfigError
+from .ingest import Ingest, KeyRing
+from .status import Status
+from .store import Store
+
+__all__ = ["Hub", "read_secret_file"]
+
+log = logging.getLogger(__name__)
+
+
+def read_secret_file(path: Path) -> str:
+    """Read a key file, stripped; the key itself is never logged."""
+    try:
+        return path.read_text("utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def _stable_value(path: Path, make: str) -> str:
+    """Read a value kept in the data dir, creating it once (mode 0600) when missing."""
+    try:
+        value = path.read_text("utf-8").strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(make + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return make
+
+
+class Hub:
+    """One running hub: store, device API, status; started and stopped in a fixed order."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.data_dir = cfg.data_dir
+        self.store: Store | None = None
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.hub_id = ""
+        self.admin_token = ""
+        self._stop = asyncio.Event()
+        self._force = False
+
+    def _secrets(self) -> KeyRing:
+        a = self.cfg.auth
+        self.hub_id = _stable_value(self.data_dir / "hub-id", str(uuid.uuid4()))
+        env_token = os.environ.get("TELEMETRY_HUB_ADMIN_TOKEN", "").strip()
+        if a.admin_token_file:
+            self.admin_token = read_secret_file(Path(a.admin_token_file))
+        elif env_token:
+            self.admin_token = env_token
+        else:
+            self.admin_token = _stable_value(self.data_dir / "admin-token", secrets.token_urlsafe(24))
+        keys: list[str] = []
+        if a.device_keys_file:
+            text = read_secret_file(Path(a.device_keys_file))
+            keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+            if not keys:
+                raise ConfigError(f"auth.device_keys_file {a.device_keys_file} holds no key; add one per line")
+        return KeyRing(keys)
+
+    async def start(self) -> None:
+        """Open the store, then listen; the order matters: never accept what cannot be stored."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = self._secrets()
+        self.store = Store(self.data_dir / "hub.db", self.cfg.store)
+        await self.store.open()
+        ingest = Ingest(self.store, self.cfg.limits, self.cfg.store, keys, self.cfg.server.client_timeout)
+        status = Status(self.store, ingest, version=__version__, hub_id=self.hub_id)
+        app = web.Application(middlewares=[ingest.cors], client_max_size=self.cfg.limits.max_body_bytes)
+        app.add_routes(ingest.routes())
+        app.add_routes(status.routes())
+        self.runner = web.AppRunner(
+            app,
+            auto_decompress=False,  # the ingest handler gunzips itself, with a size cap
+            shutdown_timeout=self.cfg.server.shutdown_timeout,
+            access_log=None,
+            handle_signals=False,
+        )
+        await self.runner.setup()
+        host = self.cfg.server.host or None
+        site = web.TCPSite(self.runner, host, self.cfg.server.port, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.server.port
+        shown = self.cfg.server.host or "0.0.0.0"
+        log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish and commit, then close the store."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+    def request_stop(self) -> None:
+        """Ask the hub to stop (signal handler); a second request skips the drain."""
+        if self._stop.is_set():
+            self._force = True
+            log.warning("second stop signal: exiting without waiting for in-flight work")
+            os._exit(1)
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # SIGTERM: systemd stop; SIGINT: Ctrl+C
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("stopping: finishing requests in flight and closing the store")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("stopped cleanly")

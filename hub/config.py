@@ -1,0 +1,314 @@
+"""Typed configuration: every setting and its default live here, nowhere else."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "Config",
+    "DiscoveryConfig",
+    "LimitsConfig",
+    "ServerConfig",
+    "ShareConfig",
+    "StoreConfig",
+    "TlsConfig",
+    "UpstreamConfig",
+    "load",
+    "parse_size",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+SUNBIRD_PATH = "/api/data/v1/telemetry"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where the device API listens and where the hub keeps its state."""
+
+    host: str = "0.0.0.0"
+    port: int = 9001
+    data_dir: str = ""  # "" = $STATE_DIRECTORY (systemd) or ./telemetry-hub-data
+    branch_name: str = ""
+    shutdown_timeout: float = 30.0
+    client_timeout: float = 30.0  # a request body must arrive within this (slow clients)
+    max_connections: int = 512
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Device keys and the admin token; values are read from files, never from this file."""
+
+    device_keys_file: str = ""  # "" = devices need no key
+    admin_token_file: str = ""  # "" = generated once into <data_dir>/admin-token
+    status_page_requires_token: str = "auto"  # auto | yes | no
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one device request may carry."""
+
+    max_body_bytes: int = 5 * MiB
+    max_decompressed_bytes: int = 10 * MiB
+    max_events_per_request: int = 1000
+    max_event_bytes: int = 1 * MiB
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The SQLite store's caps and retention."""
+
+    max_bytes: int = 4 * GiB
+    min_free_bytes: int = 200 * MiB
+    retention_days: float = 7.0
+    strict_schema: bool = False
+    retry_after: int = 30  # seconds a refused device is told to wait
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """The Sunbird telemetry API the hub delivers to."""
+
+    url: str = ""  # "" = no forwarding; a URL without a path gets /api/data/v1/telemetry
+    api_key_file: str = ""  # relative paths are looked up in $CREDENTIALS_DIRECTORY first
+    api_key_env: str = "TELEMETRY_HUB_UPSTREAM_KEY"
+    device_id: str = ""  # "" = the hub id
+    channel_id: str = ""  # X-Channel-Id when events carry no context.channel
+    app_id: str = ""  # X-App-Id when events carry no context.pdata.id
+    connect_timeout: float = 10.0
+    timeout: float = 60.0
+    batch_events: int = 200
+    batch_bytes: int = 1000 * KiB
+    gzip: bool = True
+    backoff_initial: float = 1.0
+    backoff_max: float = 300.0
+    auth_retry_interval: float = 300.0
+    probe_interval: float = 30.0
+    daily_byte_budget: int = 0  # 0 = unlimited
+    upload_windows: tuple[str, ...] = ()  # e.g. ("22:00-06:00",); empty = any time
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """How the hub advertises itself over mDNS / DNS-SD."""
+
+    enabled: bool = True
+    instance: str = ""  # "" = derived from branch name and host name
+    interfaces: tuple[str, ...] = ()  # empty = every non-loopback address
+    txt: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """Limits for Share Telemetry files, so a hostile file cannot exhaust the Pi."""
+
+    max_file_bytes: int = 100 * MiB
+    max_uncompressed_bytes: int = 500 * MiB
+    max_ratio: int = 200
+    max_entries: int = 10000
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Optional HTTPS listener for devices on shared Wi-Fi."""
+
+    enabled: bool = False
+    port: int = 9443
+    cert_file: str = ""  # "" = self-signed, generated into the data dir
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole hub configuration, one frozen section per concern."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    share: ShareConfig = field(default_factory=ShareConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        """The state directory: explicit setting, else systemd's, else ./telemetry-hub-data."""
+        if self.server.data_dir:
+            return Path(self.server.data_dir)
+        state = os.environ.get("STATE_DIRECTORY")
+        if state:
+            return Path(state.split(":")[0])
+        return Path("telemetry-hub-data")
+
+    @property
+    def upstream_url(self) -> str:
+        """The full URL to POST to, with the Sunbird path added when none was given."""
+        return normalise_upstream_url(self.upstream.url)
+
+    def replace(self, section: str, **changes: Any) -> "Config":
+        """A copy with some keys of one section changed (used for command-line overrides)."""
+        current = getattr(self, section)
+        return dataclasses.replace(self, **{section: _build(type(current), section, {**_as_dict(current), **changes})})
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
+          "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1024 * GiB, "tb": 1000**4, "tib": 1024 * GiB}
+_SIZE_FIELDS = {"bytes", "max_bytes", "min_free_bytes", "max_body_bytes", "max_decompressed_bytes",
+                "max_event_bytes", "batch_bytes", "daily_byte_budget", "max_file_bytes", "max_uncompressed_bytes"}
+
+
+def parse_size(value: int | str) -> int:
+    """Turn 5242880, "5 MiB" or "5MB" into bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size")
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m or (m.group(2) or "").lower() not in _UNITS:
+        raise ValueError(f"{value!r} is not a size (write e.g. 5242880, \"5 MiB\" or \"200 MB\")")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def normalise_upstream_url(url: str) -> str:
+    """Add the Sunbird telemetry path to a URL given as just scheme://host[:port]."""
+    url = url.strip()
+    if not url:
+        return ""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise ConfigError(f"upstream.url: {url!r} is not an http(s) URL (write e.g. https://example.org)")
+    host, slash, path = rest.partition("/")
+    if not slash or not path.strip("/"):
+        return f"{scheme}://{host}{SUNBIRD_PATH}"
+    return url
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _check(section: str, name: str, hint: Any, value: Any) -> Any:
+    """Coerce one value to its field's type or explain, naming the key, why it cannot be."""
+    key = f"{section}.{name}"
+    origin = typing.get_origin(hint)
+    if name in _SIZE_FIELDS:
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if size < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return size
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{key}: expected a table of strings, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{section}.{unknown[0]}: unknown setting (known in [{section}]: {', '.join(sorted(known))})"
+        )
+    return cls(**{k: _check(section, k, hints[k], v) for k, v in values.items()})
+
+
+def _validate(cfg: Config) -> None:
+    """Cross-field rules that types alone cannot express."""
+    if not 0 < cfg.server.port < 65536 and cfg.server.port != 0:
+        raise ConfigError(f"server.port: {cfg.server.port} is not a TCP port (1-65535)")
+    if cfg.server.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("server.log_level: use one of debug, info, warning, error")
+    if cfg.auth.status_page_requires_token not in ("auto", "yes", "no"):
+        raise ConfigError("auth.status_page_requires_token: use auto, yes or no")
+    if cfg.upstream.batch_events < 1:
+        raise ConfigError("upstream.batch_events: must be at least 1")
+    if cfg.limits.max_events_per_request < 1:
+        raise ConfigError("limits.max_events_per_request: must be at least 1")
+    if cfg.upstream.backoff_max < cfg.upstream.backoff_initial:
+        raise ConfigError("upstream.backoff_max: must not be smaller than upstream.backoff_initial")
+    for w in cfg.upstream.upload_windows:
+        if not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", w):
+            raise ConfigError(f"upstream.upload_windows: {w!r} is not a window like \"22:00-06:00\"")
+    normalise_upstream_url(cfg.upstream.url)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from parsed TOML, refusing unknown sections and keys."""
+    hints = typing.get_type_hints(Config)
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for name in data:
+        if name not in sections:
+            raise ConfigError(f"[{name}]: unknown section (known: {', '.join(sorted(sections))})")
+    built = {}
+    for name, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a [{name}] table")
+        built[name] = _build(hints[name], name, value)
+    cfg = Config(**built)
+    _validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read the TOML file at path (or nothing, for the embedded defaults) and validate it."""
+    if path is None:
+        return from_dict({})
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return from_dict(data)
+
+
+# Keep the type-introspection helpers honest: every field type must be one _check knows.
+for _cls in (ServerConfig, AuthConfig, LimitsConfig, StoreConfig, UpstreamConfig, DiscoveryConfig, ShareConfig, TlsConfig):
+    for _name, _hint in typing.get_type_hints(_cls).items():
+        assert _hint in (bool, int, float, str) or typing.get_origin(_hint) in (tuple, dict) or isinstance(_hint, types.UnionType), _name

@@ -1,0 +1,259 @@
+"""The device-facing Sunbird telemetry API: auth, size limits, gzip, then hand-over to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from .config import LimitsConfig, StoreConfig
+from .errors import BadRequest, StoreClosed, StoreFull
+from .schema import SchemaChecker
+from .store import Store
+from .telemetry import check_events, error_body, split_envelope, success_body
+
+__all__ = ["DEVICE_PATHS", "IngestCounters", "Ingest", "KeyRing", "json_response", "sunbird_error"]
+
+log = logging.getLogger(__name__)
+
+# The paths real Sunbird clients post to: mobile/JS library, the service itself, portal and desktop.
+DEVICE_PATHS = ("/api/data/v1/telemetry", "/v1/telemetry", "/content/data/v1/telemetry", "/action/data/v3/telemetry")
+
+_CORS_HEADERS = ", ".join(
+    [
+        "Authorization", "Content-Type", "Content-Encoding", "Accept", "X-App-Id", "X-Channel-Id", "X-Device-Id",
+        "X-Authenticated-User-Token", "X-Authenticated-For", "X-Consumer-ID", "X-Request-ID", "X-Source",
+        "X-msgid", "ts", "dataType", "did", "msgid", "Access-Control-Allow-Origin",
+    ]
+)
+_READ_CHUNK = 64 * 1024
+
+
+def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer; always a full body (the JS library counts an empty 200 as a failure)."""
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def sunbird_error(status: int, message: str, msgid: object = None, headers: dict[str, str] | None = None) -> web.Response:
+    """A Sunbird-style error answer whose errmsg says what is wrong."""
+    return json_response(status, error_body(status, message, msgid), headers)
+
+
+class KeyRing:
+    """Device API keys, compared in constant time; empty means devices need no key."""
+
+    def __init__(self, keys: Iterable[str] = ()) -> None:
+        self._keys = [k.encode() for k in keys if k]
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def allows(self, authorization: str | None) -> bool:
+        """Whether an `Authorization: Bearer <key>` header carries a known key."""
+        if not self._keys:
+            return True
+        if not authorization:
+            return False
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip().encode()
+        if scheme.lower() != "bearer" or not token:
+            return False
+        ok = False
+        for key in self._keys:  # no early exit: the time taken does not reveal which key matched
+            ok |= hmac.compare_digest(key, token)
+        return ok
+
+
+@dataclass
+class IngestCounters:
+    """Per-outcome request counts, read by metrics and the status page."""
+
+    requests: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    client_errors: dict[str, int] = field(default_factory=dict)
+
+
+class Ingest:
+    """Turns one device request into stored events and a Sunbird answer."""
+
+    def __init__(
+        self,
+        store: Store,
+        limits: LimitsConfig,
+        store_cfg: StoreConfig,
+        keys: KeyRing,
+        client_timeout: float,
+        schema: SchemaChecker | None = None,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.store_cfg = store_cfg
+        self.keys = keys
+        self.client_timeout = client_timeout
+        self.schema = schema if schema is not None else SchemaChecker()
+        self.counters = IngestCounters()
+        self.observers: list[Callable[[int], None]] = []
+
+    def routes(self) -> list[web.RouteDef]:
+        """The device paths, for the composition root to mount."""
+        out: list[web.RouteDef] = []
+        for path in DEVICE_PATHS:
+            out.append(web.post(path, self.handle))
+            out.append(web.options(path, self.preflight))
+        return out
+
+    @web.middleware
+    async def cors(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        """Add CORS headers to device answers (web players are often served from another origin)."""
+        response = await handler(request)
+        if request.path in DEVICE_PATHS:
+            response.headers.update(self._cors_headers(request))
+        return response
+
+    @staticmethod
+    def _cors_headers(request: web.Request) -> dict[str, str]:
+        origin = request.headers.get("Origin")
+        return {
+            "Access-Control-Allow-Origin": origin or "*",
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": _CORS_HEADERS,
+            "Access-Control-Max-Age": "86400",
+            "Vary": "Origin",
+        }
+
+    async def preflight(self, request: web.Request) -> web.Response:
+        """Answer a CORS preflight (the CORS middleware adds the headers)."""
+        return web.Response(status=204)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """POST telemetry: 200 only after the commit holding these events has returned."""
+        response = await self._handle(request)
+        c = self.counters
+        c.requests += 1
+        c.by_status[response.status] = c.by_status.get(response.status, 0) + 1
+        for observe in self.observers:
+            observe(response.status)
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if not self.keys.allows(request.headers.get("Authorization")):
+            self._client_error("unauthorized")
+            return sunbird_error(
+                401, "missing or wrong API key: send 'Authorization: Bearer <key>' with a key this hub knows"
+            )
+        try:
+            body = await self._read_body(request)
+            meta, items = split_envelope(body)
+        except BadRequest as exc:
+            self._client_error("too_large" if exc.status == 413 else "bad_request")
+            log.debug("refused request from %s: %s", request.remote, exc)
+            return sunbird_error(exc.status, str(exc))
+        params = meta.get("params")
+        msgid = params.get("msgid") if isinstance(params, dict) else None
+        if not items:
+            self._client_error("bad_request")
+            return sunbird_error(400, "'events' is empty: send at least one event", msgid)
+        if len(items) > self.limits.max_events_per_request:
+            self._client_error("too_large")
+            return sunbird_error(
+                413,
+                f"{len(items)} events in one request, over the limit of {self.limits.max_events_per_request} "
+                "(limits.max_events_per_request): send smaller batches",
+                msgid,
+            )
+        checked = check_events(
+            items, max_event_bytes=self.limits.max_event_bytes, schema=self.schema, strict=self.store_cfg.strict_schema
+        )
+        # Without X-Device-Id (the old JS library omits it) the store takes each event's context.did.
+        device = (request.headers.get("X-Device-Id") or "").strip() or None
+        retry = {"Retry-After": str(self.store_cfg.retry_after)}
+        try:
+            result = await self.store.add(checked, source=f"api:{request.remote or '?'}", device=device)
+        except StoreFull as exc:
+            return sunbird_error(503, f"the hub cannot store telemetry now: {exc}. Keep the events and retry later.", msgid, retry)
+        except StoreClosed as exc:
+            return sunbird_error(503, str(exc), msgid, {"Retry-After": "5"})
+        return json_response(
+            200,
+            success_body(
+                msgid,
+                {
+                    "received": len(items),
+                    "accepted": result.new,
+                    "duplicates": result.duplicates,
+                    "quarantined": [{"index": q.index, "reason": q.reason} for q in checked.quarantined],
+                    "warnings": sum(checked.warnings.values()),
+                },
+            ),
+        )
+
+    def _client_error(self, kind: str) -> None:
+        self.counters.client_errors[kind] = self.counters.client_errors.get(kind, 0) + 1
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """Read the body within size and time limits, gunzipping as it streams (bombs stop early)."""
+        limit = self.limits.max_body_bytes
+        out_limit = self.limits.max_decompressed_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BadRequest(
+                f"body is {request.content_length} bytes, over the limit of {limit} (limits.max_body_bytes): "
+                "send smaller batches",
+                413,
+            )
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            inflater = None
+        elif encoding in ("gzip", "x-gzip"):
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            inflater = zlib.decompressobj()
+        else:
+            raise BadRequest(f"Content-Encoding {encoding!r} is not supported: send gzip or plain JSON", 415)
+        parts: list[bytes] = []
+        received = produced = 0
+        try:
+            async with asyncio.timeout(self.client_timeout):
+                while True:
+                    chunk = await request.content.read(_READ_CHUNK)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+                    if received > limit:
+                        raise BadRequest(
+                            f"body is over the limit of {limit} bytes (limits.max_body_bytes): send smaller batches", 413
+                        )
+                    if inflater is None:
+                        parts.append(chunk)
+                        continue
+                    while chunk:
+                        out = inflater.decompress(chunk, out_limit + 1 - produced)
+                        produced += len(out)
+                        if produced > out_limit:
+                            raise BadRequest(
+                                f"body is over {out_limit} bytes once decompressed "
+                                "(limits.max_decompressed_bytes): send smaller batches",
+                                413,
+                            )
+                        parts.append(out)
+                        chunk = inflater.unconsumed_tail
+                        if inflater.eof:
+                            break
+        except TimeoutError:
+            raise BadRequest(f"body did not arrive within {self.client_timeout:g} s (server.client_timeout)", 408) from None
+        except zlib.error as exc:
+            raise BadRequest(f"body is not valid gzip ({exc}); send Content-Encoding: gzip only with gzip data") from None
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            raise BadRequest(f"body was cut off: {exc}") from None
+        if inflater is not None:
+            if not inflater.eof:
+                raise BadRequest("body is truncated gzip: the compressed stream ends early")
+            if inflater.unused_data.strip(b"\0"):
+                raise BadRequest("body has extra data after the gzip stream")
+        return b"".join(parts)

@@ -1,0 +1,490 @@
+"""The SQLite event store: the one hand-over point between what comes in and what goes out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from .config import StoreConfig
+from .errors import StoreClosed, StoreFull
+from .telemetry import Checked
+
+__all__ = ["AddResult", "Store", "StoreStats", "SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A group commit takes at most this many requests; more wait for the next commit.
+_MAX_GROUP_REQUESTS = 256
+# How often the disk and file sizes are re-read for the cap check (seconds).
+_SPACE_CHECK_INTERVAL_S = 1.0
+
+_MIGRATIONS: list[str] = [
+    # v1: events, quarantine, devices, counters.
+    """
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        mid TEXT NOT NULL UNIQUE,
+        did TEXT,
+        eid TEXT NOT NULL,
+        ets REAL NOT NULL,
+        channel TEXT,
+        pdata_id TEXT,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        batch_id INTEGER,
+        delivered_at INTEGER
+    );
+    CREATE INDEX events_pending ON events(seq) WHERE delivered_at IS NULL;
+    CREATE INDEX events_delivered ON events(delivered_at) WHERE delivered_at IS NOT NULL;
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        did TEXT,
+        mid TEXT,
+        reason TEXT NOT NULL,
+        raw BLOB NOT NULL
+    );
+    CREATE TABLE devices (
+        did TEXT PRIMARY KEY,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        events INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    """,
+    # v2: upstream delivery (batches with a fixed msgid, dead letters) and the import ledger.
+    """
+    CREATE INDEX events_route ON events(channel, pdata_id, seq) WHERE delivered_at IS NULL AND batch_id IS NULL;
+    CREATE TABLE batches (
+        id INTEGER PRIMARY KEY,
+        msgid TEXT NOT NULL UNIQUE,
+        channel TEXT,
+        pdata_id TEXT,
+        events INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE TABLE dead_letter (
+        seq INTEGER PRIMARY KEY,
+        mid TEXT NOT NULL,
+        channel TEXT,
+        pdata_id TEXT,
+        raw BLOB NOT NULL,
+        reason TEXT NOT NULL,
+        failed_at INTEGER NOT NULL
+    );
+    CREATE TABLE imports (
+        sha256 TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        imported_at INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE TABLE hourly (
+        hour INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (hour, kind)
+    );
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What one request's events became once committed."""
+
+    new: int
+    duplicates: int
+    quarantined: int
+
+
+@dataclass
+class _Pending:
+    checked: Checked
+    source: str
+    device: str | None
+    future: asyncio.Future[AddResult]
+    size: int
+
+
+@dataclass
+class StoreStats:
+    """Live figures kept in memory so health checks never scan the table."""
+
+    backlog: int = 0
+    stored_total: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    commits: int = 0
+    committed_requests: int = 0
+    last_commit_at: float = 0.0
+    last_commit_s: float = 0.0
+    last_group_events: int = 0
+    db_bytes: int = 0
+    free_bytes: int = 0
+    full_reason: str | None = None
+    schema_warnings: dict[str, int] = field(default_factory=dict)
+
+
+class Store:
+    """Durable store: a single writer task commits everything queued in one transaction."""
+
+    def __init__(self, path: Path, cfg: StoreConfig) -> None:
+        self.path = Path(path)
+        self.cfg = cfg
+        self.stats = StoreStats()
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[_Pending | Callable[[aiosqlite.Connection], Awaitable[Any]]] = asyncio.Queue()
+        self._jobs: list[tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._space_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._pending_bytes = 0
+        self._listeners: list[Callable[[], None]] = []
+        self.commit_hooks: list[Callable[[float, int], None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (creating or migrating) the database and start the writer."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new file
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=FULL")
+        await self._db.execute("PRAGMA busy_timeout=10000")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._migrate(self._db)
+        self._reader = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        await self._reader.execute("PRAGMA busy_timeout=10000")
+        await self._load_stats()
+        await self._refresh_space()
+        self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+        self._space_task = asyncio.create_task(self._space_loop(), name="store-space")
+        log.info("store open: %s (schema v%d, %d events waiting for upstream)", self.path, SCHEMA_VERSION, self.stats.backlog)
+
+    async def close(self) -> None:
+        """Finish every queued write, then close the database."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._space_task:
+            self._space_task.cancel()
+        if self._writer:
+            await self._queue.put(_STOP)  # type: ignore[arg-type]
+            await self._writer
+        for conn in (self._reader, self._db):
+            if conn is not None:
+                await conn.close()
+        self._db = self._reader = None
+        log.info("store closed: %s", self.path)
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database {self.path} has schema v{version}, newer than this hub (v{SCHEMA_VERSION}); "
+                "install the newer telemetry-hub again or restore a backup"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in _MIGRATIONS[target - 1].split(";"):
+                    if stmt.strip():
+                        await db.execute(stmt)
+                await db.execute(f"PRAGMA user_version={target}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            log.info("store schema migrated to v%d", target)
+
+    async def _load_stats(self) -> None:
+        s = self.stats
+        s.backlog = await self._scalar("SELECT count(*) FROM events WHERE delivered_at IS NULL")
+        s.stored_total = await self._scalar("SELECT coalesce(max(seq), 0) FROM events")
+        s.quarantined = await self._scalar("SELECT count(*) FROM quarantine")
+        s.duplicates = await self._scalar("SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'duplicates'")
+
+    async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
+        assert self._reader is not None
+        row = await (await self._reader.execute(sql, params)).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # ---- space -----------------------------------------------------------------------------
+
+    def _measure(self) -> tuple[int, int]:
+        size = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                size += os.stat(f"{self.path}{suffix}").st_size
+            except FileNotFoundError:
+                pass
+        free = shutil.disk_usage(self.path.parent).free
+        return size, free
+
+    async def _refresh_space(self) -> None:
+        size, free = await asyncio.to_thread(self._measure)
+        s = self.stats
+        s.db_bytes, s.free_bytes = size, free
+        self._pending_bytes = 0
+        was = s.full_reason
+        if size >= self.cfg.max_bytes:
+            s.full_reason = (
+                f"the store holds {size // 2**20} MiB, at its cap of {self.cfg.max_bytes // 2**20} MiB "
+                "(store.max_bytes); new data waits until upstream takes the backlog or the cap is raised"
+            )
+        elif free <= self.cfg.min_free_bytes:
+            s.full_reason = (
+                f"only {free // 2**20} MiB free on the disk holding {self.path.parent}, below "
+                f"store.min_free_bytes ({self.cfg.min_free_bytes // 2**20} MiB); free disk space"
+            )
+        else:
+            s.full_reason = None
+        if s.full_reason != was:
+            if s.full_reason:
+                log.warning("refusing new telemetry: %s", s.full_reason)
+            else:
+                log.info("accepting telemetry again: space is available")
+
+    async def _space_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_SPACE_CHECK_INTERVAL_S)
+            try:
+                await self._refresh_space()
+            except OSError as exc:
+                log.warning("cannot measure disk space for %s: %s", self.path, exc)
+
+    def check_space(self, incoming: int = 0) -> None:
+        """Raise StoreFull when the cap or the free-space floor would be crossed."""
+        s = self.stats
+        if s.full_reason:
+            raise StoreFull(s.full_reason)
+        # Bytes queued since the last measurement count against the cap too (x2: WAL, then the table).
+        if s.db_bytes + 2 * (self._pending_bytes + incoming) >= self.cfg.max_bytes:
+            raise StoreFull(
+                f"the store is at its cap of {self.cfg.max_bytes // 2**20} MiB (store.max_bytes); "
+                "new data waits until upstream takes the backlog or the cap is raised"
+            )
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call back (on the loop) after each commit that stored new events; wakes the forwarder."""
+        self._listeners.append(callback)
+
+    async def add(self, checked: Checked, *, source: str, device: str | None = None) -> AddResult:
+        """Queue one request's events; return once the commit that holds them has returned."""
+        if self._closing or self._writer is None:
+            raise StoreClosed("the hub is shutting down; retry in a moment")
+        size = sum(len(e.raw) for e in checked.events) + sum(len(q.raw) for q in checked.quarantined)
+        self.check_space(size)
+        self._pending_bytes += size
+        fut: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(checked, source, device, fut, size))
+        return await fut
+
+    async def write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run a write job on the writer connection, in its own transaction, in queue order."""
+        if self._writer is None or self._writer.done():
+            raise StoreClosed("the store is closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((job, fut))  # type: ignore[arg-type]
+        return await fut
+
+    async def _write_loop(self) -> None:
+        assert self._db is not None
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            items = [first]
+            while len(items) < _MAX_GROUP_REQUESTS and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            group: list[_Pending] = []
+            jobs: list[tuple[Any, asyncio.Future[Any]]] = []
+            for item in items:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Pending):
+                    group.append(item)
+                else:
+                    jobs.append(item)  # type: ignore[arg-type]
+            if group:
+                await self._commit_group(group)
+            for job, fut in jobs:
+                await self._run_job(job, fut)
+        # Anything queued after the stop marker is refused, not dropped silently.
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            fut = item.future if isinstance(item, _Pending) else item[1]  # type: ignore[union-attr,index]
+            if not fut.done():
+                fut.set_exception(StoreClosed("the hub is shutting down; retry in a moment"))
+
+    async def _run_job(self, job: Callable[[aiosqlite.Connection], Awaitable[Any]], fut: asyncio.Future[Any]) -> None:
+        db = self._db
+        assert db is not None
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            result = await job(db)
+            await db.execute("COMMIT")
+        except BaseException as exc:  # the job's caller gets the error; the writer lives on
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
+            if not fut.done():
+                fut.set_exception(self._translate(exc))
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not fut.done():
+                fut.set_result(result)
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+            self.stats.full_reason = (
+                f"the disk is full (SQLite: {exc}); free disk space on the drive holding {self.path.parent}"
+            )
+            log.error("store write refused: %s", self.stats.full_reason)
+            return StoreFull(self.stats.full_reason)
+        return exc
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        db = self._db
+        assert db is not None
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        results: list[AddResult] = []
+        devices: dict[str, list[int]] = {}
+        warnings: dict[str, int] = {}
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            total_new = total_dup = total_q = 0
+            for p in group:
+                rows = [
+                    (e.mid, p.device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, p.source, e.raw)
+                    for e in p.checked.events
+                ]
+                new = (await db.executemany(_INSERT_EVENT, rows)).rowcount if rows else 0
+                new = max(new, 0)
+                dup = len(rows) - new
+                q = len(p.checked.quarantined)
+                if q:
+                    await db.executemany(
+                        "INSERT INTO quarantine (received_at, source, did, mid, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                        [(now_ms, p.source, p.device, x.mid, x.reason, x.raw) for x in p.checked.quarantined],
+                    )
+                for e in p.checked.events:
+                    did = p.device or e.did
+                    if did:
+                        devices.setdefault(did, [0])[0] += 1
+                for k, v in p.checked.warnings.items():
+                    warnings[k] = warnings.get(k, 0) + v
+                results.append(AddResult(new, dup, q))
+                total_new += new
+                total_dup += dup
+                total_q += q
+            if devices:
+                await db.executemany(
+                    "INSERT INTO devices (did, first_seen, last_seen, events) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(did) DO UPDATE SET last_seen = excluded.last_seen, events = events + excluded.events",
+                    [(did, now_ms, now_ms, n[0]) for did, n in devices.items()],
+                )
+            counters = [("duplicates", total_dup), ("received", total_new + total_dup + total_q)]
+            await db.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                [c for c in counters if c[1]],
+            )
+            if total_new:
+                await db.execute(
+                    "INSERT INTO hourly (hour, kind, n) VALUES (?, 'received', ?)"
+                    " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
+                    (now_ms // 3_600_000, total_new),
+                )
+            await db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            err = self._translate(exc)
+            for p in group:
+                self._pending_bytes -= p.size
+                if not p.future.done():
+                    p.future.set_exception(err)
+            if not isinstance(exc, Exception):
+                raise
+            log.error("store commit failed, %d requests refused (nothing acknowledged): %s", len(group), exc)
+            return
+        elapsed = time.monotonic() - started
+        s = self.stats
+        s.backlog += total_new
+        s.stored_total += total_new
+        s.duplicates += total_dup
+        s.quarantined += total_q
+        s.commits += 1
+        s.committed_requests += len(group)
+        s.last_commit_at = time.time()
+        s.last_commit_s = elapsed
+        s.last_group_events = total_new + total_dup
+        for k, v in warnings.items():
+            s.schema_warnings[k] = s.schema_warnings.get(k, 0) + v
+        for p, r in zip(group, results):
+            if not p.future.done():
+                p.future.set_result(r)
+        for hook in self.commit_hooks:
+            hook(elapsed, total_new + total_dup + total_q)
+        if total_new:
+            for cb in self._listeners:
+                cb()
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the reader connection (WAL: never blocks the writer)."""
+        assert self._reader is not None
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One integer from a read-only query."""
+        return await self._scalar(sql, params)
+
+    async def writable(self) -> bool:
+        """Whether a write transaction can be taken right now (for /health)."""
+        if self._writer is None or self._writer.done():
+            return False
+
+        async def probe(db: aiosqlite.Connection) -> bool:
+            await db.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('health', 0)")
+            return True
+
+        try:
+            return await asyncio.wait_for(self.write(probe), timeout=5.0)
+        except (Exception, asyncio.TimeoutError):
+            return False
+
+
+_STOP = object()
