@@ -106,7 +106,7 @@ class Hub:
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.server.port
-        shown = self.cfg.server.host or "0.0.0.0"
+        shown = self.cfg.server.host or "*"
         log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
 
     async def stop(self) -> None:

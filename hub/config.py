@@ -39,7 +39,7 @@ SUNBIRD_PATH = "/api/data/v1/telemetry"
 class ServerConfig:
     """Where the device API listens and where the hub keeps its state."""
 
-    host: str = "0.0.0.0"
+    host: str = ""  # "" = every IPv4 and IPv6 address
     port: int = 9001
     data_dir: str = ""  # "" = $STATE_DIRECTORY (systemd) or ./telemetry-hub-data
     branch_name: str = ""

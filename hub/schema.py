@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from importlib import resources
 from typing import Any, Callable
 
@@ -29,11 +30,29 @@ def _resolve(uri: str) -> dict[str, Any]:
     return _load(uri[len(_PREFIX):])
 
 
+# Warning-only checks per second: about 10 us each, so at most ~1% of one core on a busy hub.
+_WARN_CHECKS_PER_S = 1000.0
+
+
 class SchemaChecker:
     """Checks events against the Sunbird pipeline's own v3 schemas, one validator per eid."""
 
-    def __init__(self) -> None:
+    def __init__(self, checks_per_s: float = _WARN_CHECKS_PER_S) -> None:
         self._validators: dict[str, Callable[[Any], Any] | None] = {}
+        self._rate = checks_per_s
+        self._tokens = checks_per_s
+        self._stamp = time.monotonic()
+
+    def take_budget(self) -> bool:
+        """Whether a warning-only check fits the CPU budget now (token bucket, one second deep)."""
+        if self._tokens < 1.0:
+            now = time.monotonic()
+            self._tokens = min(self._rate, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            if self._tokens < 1.0:
+                return False
+        self._tokens -= 1.0
+        return True
 
     def _validator(self, eid: str) -> Callable[[Any], Any] | None:
         if eid not in self._validators:

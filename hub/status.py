@@ -13,6 +13,9 @@ __all__ = ["Status"]
 
 log = logging.getLogger(__name__)
 
+# Health reports "full" once a typical request would no longer fit.
+_HEALTH_MARGIN_BYTES = 32 * 1024
+
 
 class Status:
     """Answers 'is the hub healthy, and why not' from the store's live figures."""
@@ -34,8 +37,9 @@ class Status:
         problems = []
         if not writable:
             problems.append("the store does not accept writes")
-        if s.full_reason:
-            problems.append(s.full_reason)
+        space = self.store.space_problem(_HEALTH_MARGIN_BYTES)
+        if space:
+            problems.append(space)
         body = {
             "healthy": not problems,
             "problems": problems,

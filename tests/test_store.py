@@ -1,0 +1,71 @@
+"""The store on its own: durability settings, schema migration from v1, counters kept."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from hub.config import StoreConfig
+from hub.store import _MIGRATIONS, SCHEMA_VERSION, Store
+from hub.telemetry import Checked, Event
+
+
+def _event(mid: str) -> Event:
+    return Event(raw=b'{"mid":"%s"}' % mid.encode(), mid=mid, eid="LOG", ets=1.0, did="d", channel="c", pdata_id="p")
+
+
+async def test_wal_and_full_sync(tmp_path):
+    store = Store(tmp_path / "hub.db", StoreConfig())
+    await store.open()
+    try:
+        rows = await store.fetchall("PRAGMA journal_mode")
+        assert rows == [("wal",)]
+        sync = await (await store._db.execute("PRAGMA synchronous")).fetchone()  # type: ignore[union-attr]
+        assert sync == (2,)  # FULL
+        auto_vacuum = await (await store._db.execute("PRAGMA auto_vacuum")).fetchone()  # type: ignore[union-attr]
+        assert auto_vacuum == (2,)  # INCREMENTAL, so retention can give space back
+    finally:
+        await store.close()
+
+
+async def test_migrates_a_version_1_database_keeping_its_events(tmp_path):
+    path = tmp_path / "hub.db"
+    con = sqlite3.connect(path)
+    con.executescript(_MIGRATIONS[0])
+    con.execute("PRAGMA user_version=1")
+    con.execute("INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES ('old', 'LOG', 1, 1, 'api', x'7b7d')")
+    con.commit()
+    con.close()
+    store = Store(path, StoreConfig())
+    await store.open()
+    try:
+        assert await store.scalar("PRAGMA user_version") == SCHEMA_VERSION
+        assert await store.fetchall("SELECT mid, raw FROM events") == [("old", b"{}")]
+        assert store.stats.backlog == 1
+        r = await store.add(Checked(events=[_event("old"), _event("new")]), source="test")
+        assert (r.new, r.duplicates) == (1, 1)
+    finally:
+        await store.close()
+
+
+async def test_counters_survive_a_restart(tmp_path):
+    for round_ in range(2):
+        store = Store(tmp_path / "hub.db", StoreConfig())
+        await store.open()
+        try:
+            await store.add(Checked(events=[_event("a"), _event("b")]), source="test")
+            assert store.stats.duplicates == 2 * round_
+            assert store.stats.backlog == 2
+        finally:
+            await store.close()
+
+
+async def test_writes_after_close_are_refused_not_lost(tmp_path):
+    store = Store(tmp_path / "hub.db", StoreConfig())
+    await store.open()
+    await store.close()
+    try:
+        await store.add(Checked(events=[_event("late")]), source="test")
+    except Exception as exc:  # noqa: BLE001
+        assert "shutting down" in str(exc)
+    else:
+        raise AssertionError("a write after close was accepted")
