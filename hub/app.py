@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -15,6 +16,12 @@ from aiohttp import web
 from . import __version__
 from .config import Config
 from .errors import ConfigError
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from .admin import AdminGate
+from .control import Control
+from .forward import Forwarder
+from .imports import ShareService
 from .ingest import Ingest, KeyRing
 from .status import Status
 from .store import Store
@@ -57,6 +64,8 @@ class Hub:
         self.cfg = cfg
         self.data_dir = cfg.data_dir
         self.store: Store | None = None
+        self.forwarder: Forwarder | None = None
+        self.scheduler: AsyncIOScheduler | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.hub_id = ""
@@ -89,10 +98,16 @@ class Hub:
         self.store = Store(self.data_dir / "hub.db", self.cfg.store)
         await self.store.open()
         ingest = Ingest(self.store, self.cfg.limits, self.cfg.store, keys, self.cfg.server.client_timeout)
+        admin = AdminGate(self.admin_token)
         status = Status(self.store, ingest, version=__version__, hub_id=self.hub_id)
+        share = ShareService(self.store, self.cfg, admin=admin, schema=ingest.schema, hub_id=self.hub_id)
         app = web.Application(middlewares=[ingest.cors], client_max_size=self.cfg.limits.max_body_bytes)
+        self.forwarder = Forwarder(self.store, self.cfg.upstream, self.cfg.upstream_url, self.hub_id)
+        control = Control(self.store, self.forwarder, admin)
         app.add_routes(ingest.routes())
         app.add_routes(status.routes())
+        app.add_routes(share.routes())
+        app.add_routes(control.routes())
         self.runner = web.AppRunner(
             app,
             auto_decompress=False,  # the ingest handler gunzips itself, with a size cap
@@ -108,12 +123,36 @@ class Hub:
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.server.port
         shown = self.cfg.server.host or "*"
         log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
+        await self.forwarder.start()
+        self.scheduler = self._schedule(self.store, self.forwarder)
+        self.scheduler.start()
+
+    def _schedule(self, store: Store, forwarder: Forwarder) -> AsyncIOScheduler:
+        """Periodic jobs: the cheap link probe, retention, and wake-ups when upload windows open."""
+        sched = AsyncIOScheduler()
+        up = self.cfg.upstream
+        if forwarder.url:
+            sched.add_job(forwarder.probe, "interval", seconds=max(1.0, up.probe_interval), id="probe",
+                          max_instances=1, coalesce=True)
+            for window in up.upload_windows:
+                hour, minute = (int(x) for x in window.split("-")[0].split(":"))
+                sched.add_job(forwarder.wake, "cron", hour=hour, minute=minute, id=f"window-{window}")
+        retention_s = self.cfg.store.retention_days * 86400
+        sched.add_job(store.prune, "interval", hours=1, args=[retention_s], id="retention", max_instances=1,
+                      coalesce=True, next_run_time=datetime.now() + timedelta(seconds=30))
+        return sched
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish and commit, then close the store."""
+        """Stop accepting, let in-flight requests finish and commit, let the upstream batch finish, close."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.forwarder is not None:
+            await self.forwarder.stop(timeout=self.cfg.upstream.timeout if self.forwarder.url else 0)
+            self.forwarder = None
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="state directory (overrides server.data_dir)")
     run.add_argument("--upstream", help="upstream Sunbird URL (overrides upstream.url)")
     run.set_defaults(func=_cmd_run)
+
+    from .imports import add_cli_commands as add_share_commands
+
+    add_share_commands(sub)
     return p
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from .config import StoreConfig
 from .errors import StoreClosed, StoreFull
 from .telemetry import Checked
 
-__all__ = ["AddResult", "Store", "StoreStats", "SCHEMA_VERSION"]
+__all__ = ["AddResult", "Batch", "Store", "StoreStats", "SCHEMA_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,15 @@ _MIGRATIONS: list[str] = [
         last_error TEXT
     );
     CREATE TABLE dead_letter (
-        seq INTEGER PRIMARY KEY,
-        mid TEXT NOT NULL,
+        id INTEGER PRIMARY KEY,
+        mid TEXT NOT NULL UNIQUE,
+        did TEXT,
+        eid TEXT NOT NULL,
+        ets REAL NOT NULL,
         channel TEXT,
         pdata_id TEXT,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL,
         raw BLOB NOT NULL,
         reason TEXT NOT NULL,
         failed_at INTEGER NOT NULL
@@ -114,6 +120,16 @@ _INSERT_EVENT = (
 
 
 @dataclass(frozen=True, slots=True)
+class Batch:
+    """An upstream batch: its fixed msgid and the channel / producer its events share."""
+
+    id: int
+    msgid: str
+    channel: str | None
+    pdata_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AddResult:
     """What one request's events became once committed."""
 
@@ -129,6 +145,7 @@ class _Pending:
     device: str | None
     future: asyncio.Future[AddResult]
     size: int
+    extra: Sequence[tuple[str, Sequence[Any]]] = ()
 
 
 @dataclass
@@ -136,6 +153,8 @@ class StoreStats:
     """Live figures kept in memory so health checks never scan the table."""
 
     backlog: int = 0
+    delivered: int = 0
+    dead_letters: int = 0
     stored_total: int = 0
     duplicates: int = 0
     quarantined: int = 0
@@ -207,7 +226,8 @@ class Store:
         log.info("store closed: %s", self.path)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
-        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+        async with db.execute("PRAGMA user_version") as cur:
+            (version,) = await cur.fetchone()  # type: ignore[misc]
         if version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"database {self.path} has schema v{version}, newer than this hub (v{SCHEMA_VERSION}); "
@@ -232,6 +252,8 @@ class Store:
         s.stored_total = await self._scalar("SELECT coalesce(max(seq), 0) FROM events")
         s.quarantined = await self._scalar("SELECT count(*) FROM quarantine")
         s.duplicates = await self._scalar("SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'duplicates'")
+        s.delivered = await self._scalar("SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'")
+        s.dead_letters = await self._scalar("SELECT count(*) FROM dead_letter")
 
     async def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
         assert self._reader is not None
@@ -307,23 +329,37 @@ class Store:
         """Call back (on the loop) after each commit that stored new events; wakes the forwarder."""
         self._listeners.append(callback)
 
-    async def add(self, checked: Checked, *, source: str, device: str | None = None) -> AddResult:
-        """Queue one request's events; return once the commit that holds them has returned."""
+    async def add(
+        self,
+        checked: Checked,
+        *,
+        source: str,
+        device: str | None = None,
+        extra: Sequence[tuple[str, Sequence[Any]]] = (),
+    ) -> AddResult:
+        """Queue one request's events; return once the commit that holds them has returned.
+
+        `extra` statements (e.g. the import ledger row) run in the same transaction.
+        """
         if self._closing or self._writer is None:
             raise StoreClosed("the hub is shutting down; retry in a moment")
         size = sum(len(e.raw) for e in checked.events) + sum(len(q.raw) for q in checked.quarantined)
         self.check_space(size)
         self._pending_bytes += size
         fut: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(checked, source, device, fut, size))
+        self._queue.put_nowait(_Pending(checked, source, device, fut, size, extra))
         return await fut
 
-    async def write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run a write job on the writer connection, in its own transaction, in queue order."""
+    async def write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]], *, transaction: bool = True) -> T:
+        """Run a write job on the writer connection, in queue order, in its own transaction.
+
+        transaction=False is for the few statements SQLite refuses inside one (incremental vacuum,
+        checkpoints); they still go through the writer, so they never interleave with a commit.
+        """
         if self._writer is None or self._writer.done():
             raise StoreClosed("the store is closed")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((job, fut))  # type: ignore[arg-type]
+        self._queue.put_nowait((job, fut, transaction))  # type: ignore[arg-type]
         return await fut
 
     async def _write_loop(self) -> None:
@@ -345,8 +381,8 @@ class Store:
                     jobs.append(item)  # type: ignore[arg-type]
             if group:
                 await self._commit_group(group)
-            for job, fut in jobs:
-                await self._run_job(job, fut)
+            for job, fut, transaction in jobs:
+                await self._run_job(job, fut, transaction)
         # Anything queued after the stop marker is refused, not dropped silently.
         while not self._queue.empty():
             item = self._queue.get_nowait()
@@ -354,13 +390,17 @@ class Store:
             if not fut.done():
                 fut.set_exception(StoreClosed("the hub is shutting down; retry in a moment"))
 
-    async def _run_job(self, job: Callable[[aiosqlite.Connection], Awaitable[Any]], fut: asyncio.Future[Any]) -> None:
+    async def _run_job(
+        self, job: Callable[[aiosqlite.Connection], Awaitable[Any]], fut: asyncio.Future[Any], transaction: bool
+    ) -> None:
         db = self._db
         assert db is not None
         try:
-            await db.execute("BEGIN IMMEDIATE")
+            if transaction:
+                await db.execute("BEGIN IMMEDIATE")
             result = await job(db)
-            await db.execute("COMMIT")
+            if transaction:
+                await db.execute("COMMIT")
         except BaseException as exc:  # the job's caller gets the error; the writer lives on
             if db.in_transaction:
                 await db.execute("ROLLBACK")
@@ -414,6 +454,8 @@ class Store:
                 for k, v in p.checked.warnings.items():
                     warnings[k] = warnings.get(k, 0) + v
                 unchecked += p.checked.unchecked
+                for sql, params in p.extra:
+                    await db.execute(sql, params)
                 results.append(AddResult(new, dup, q))
                 total_new += new
                 total_dup += dup
@@ -473,6 +515,222 @@ class Store:
         if total_new:
             for cb in self._listeners:
                 cb()
+
+    # ---- upstream delivery -----------------------------------------------------------------
+
+    async def open_batch(self, max_events: int, max_bytes: int) -> Batch | None:
+        """The batch to send next: an unfinished one (same msgid as before), else a new one.
+
+        A new batch holds pending events of one channel and one producer (upstream stamps the
+        whole request with one X-Channel-Id / X-App-Id), oldest first, within both limits. Its
+        msgid is committed before it is sent, so every retry, even after a crash, reuses it.
+        """
+        row = await self._row("SELECT id, msgid, channel, pdata_id FROM batches ORDER BY id LIMIT 1")
+        if row is not None:
+            return Batch(*row)
+        head = await self._row(
+            "SELECT channel, pdata_id FROM events WHERE delivered_at IS NULL AND batch_id IS NULL ORDER BY seq LIMIT 1"
+        )
+        if head is None:
+            return None
+        channel, pdata_id = head
+        candidates = await self.fetchall(
+            "SELECT seq, length(raw) FROM events INDEXED BY events_route"
+            " WHERE channel IS ? AND pdata_id IS ? AND delivered_at IS NULL AND batch_id IS NULL ORDER BY seq LIMIT ?",
+            (channel, pdata_id, max_events),
+        )
+        seqs: list[int] = []
+        size = 0
+        for seq, length in candidates:
+            if seqs and size + length + 1 > max_bytes:
+                break
+            seqs.append(seq)
+            size += length + 1
+        if not seqs:
+            return None
+        msgid = str(uuid.uuid4())
+
+        async def assign(db: aiosqlite.Connection) -> int:
+            cur = await db.execute(
+                "INSERT INTO batches (msgid, channel, pdata_id, events, created_at) VALUES (?, ?, ?, ?, ?)",
+                (msgid, channel, pdata_id, len(seqs), int(time.time() * 1000)),
+            )
+            batch_id = int(cur.lastrowid or 0)
+            await db.executemany(
+                "UPDATE events SET batch_id = ? WHERE seq = ? AND batch_id IS NULL AND delivered_at IS NULL",
+                [(batch_id, seq) for seq in seqs],
+            )
+            return batch_id
+
+        return Batch(await self.write(assign), msgid, channel, pdata_id)
+
+    async def batch_events(self, batch_id: int) -> list[tuple[int, str, bytes]]:
+        """(seq, mid, raw) of a batch's undelivered events, in order; one batch, never the backlog."""
+        rows = await self.fetchall(
+            "SELECT seq, mid, raw FROM events WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq", (batch_id,)
+        )
+        return [(int(s), str(m), bytes(r)) for s, m, r in rows]
+
+    async def mark_delivered(self, batch_id: int) -> int:
+        """Record upstream's 2xx for a batch (committed before anything else happens); return the count."""
+        now = int(time.time() * 1000)
+
+        async def job(db: aiosqlite.Connection) -> int:
+            cur = await db.execute(
+                "UPDATE events SET delivered_at = ? WHERE batch_id = ? AND delivered_at IS NULL", (now, batch_id)
+            )
+            n = max(cur.rowcount, 0)
+            await db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            if n:
+                await db.execute(
+                    "INSERT INTO hourly (hour, kind, n) VALUES (?, 'delivered', ?)"
+                    " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
+                    (now // 3_600_000, n),
+                )
+                await db.execute(
+                    "INSERT INTO counters (name, value) VALUES ('delivered', ?)"
+                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                    (n,),
+                )
+            return n
+
+        n = await self.write(job)
+        self.stats.backlog -= n
+        self.stats.delivered += n
+        return n
+
+    async def note_attempt(self, batch_id: int, error: str | None) -> None:
+        """Count a failed attempt on a batch and keep upstream's last answer with it."""
+
+        async def job(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error, batch_id)
+            )
+
+        await self.write(job)
+
+    async def split_batch(self, batch_id: int, keep: int) -> None:
+        """Keep the first `keep` events in the batch; the rest go into a new batch with its own msgid."""
+
+        async def job(db: aiosqlite.Connection) -> None:
+            async with db.execute(
+                "SELECT seq FROM events WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq", (batch_id,)
+            ) as cur:
+                rows = await cur.fetchall()
+            rest = [r[0] for r in rows[keep:]]
+            if not rest:
+                return
+            async with db.execute("SELECT channel, pdata_id FROM batches WHERE id = ?", (batch_id,)) as cur:
+                meta = await cur.fetchone()
+            cur = await db.execute(
+                "INSERT INTO batches (msgid, channel, pdata_id, events, created_at) VALUES (?, ?, ?, ?, ?)",
+                (str(uuid.uuid4()), meta[0], meta[1], len(rest), int(time.time() * 1000)),  # type: ignore[index]
+            )
+            await db.executemany("UPDATE events SET batch_id = ? WHERE seq = ?", [(cur.lastrowid, s) for s in rest])
+            await db.execute("UPDATE batches SET events = ? WHERE id = ?", (keep, batch_id))
+
+        await self.write(job)
+
+    async def release_tail(self, batch_id: int, keep: int) -> None:
+        """Shrink a batch to its first `keep` events; the rest go back to the queue (after a 413)."""
+
+        async def job(db: aiosqlite.Connection) -> None:
+            await db.execute(
+                "UPDATE events SET batch_id = NULL WHERE batch_id = ? AND delivered_at IS NULL AND seq >"
+                " (SELECT seq FROM events WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT 1 OFFSET ?)",
+                (batch_id, batch_id, keep - 1),
+            )
+            await db.execute("UPDATE batches SET events = ? WHERE id = ?", (keep, batch_id))
+
+        await self.write(job)
+
+    async def dead_letter(self, batch_id: int, reason: str) -> int:
+        """Move a batch's events (upstream refused them) to the dead-letter table, with the reason."""
+        now = int(time.time() * 1000)
+
+        async def job(db: aiosqlite.Connection) -> int:
+            await db.execute(
+                "INSERT OR REPLACE INTO dead_letter"
+                " (mid, did, eid, ets, channel, pdata_id, received_at, source, raw, reason, failed_at)"
+                " SELECT mid, did, eid, ets, channel, pdata_id, received_at, source, raw, ?, ?"
+                " FROM events WHERE batch_id = ? AND delivered_at IS NULL",
+                (reason, now, batch_id),
+            )
+            cur = await db.execute("DELETE FROM events WHERE batch_id = ? AND delivered_at IS NULL", (batch_id,))
+            await db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            return max(cur.rowcount, 0)
+
+        n = await self.write(job)
+        self.stats.backlog -= n
+        self.stats.dead_letters += n
+        return n
+
+    async def requeue_dead(self, mids: Sequence[str] | None = None) -> int:
+        """Put dead letters back in the queue (all, or the given mids); returns how many."""
+        where = "" if mids is None else f" WHERE mid IN ({','.join('?' * len(mids))})"
+        params = tuple(mids or ())
+
+        async def job(db: aiosqlite.Connection) -> int:
+            cur = await db.execute(
+                "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
+                " SELECT mid, did, eid, ets, channel, pdata_id, received_at, source, raw FROM dead_letter"
+                + where + " ORDER BY id",
+                params,
+            )
+            n = max(cur.rowcount, 0)
+            await db.execute("DELETE FROM dead_letter" + where, params)
+            return n
+
+        n = await self.write(job)
+        self.stats.backlog += n
+        self.stats.dead_letters = await self.scalar("SELECT count(*) FROM dead_letter")
+        for cb in self._listeners:
+            cb()
+        return n
+
+    async def prune(self, retention_s: float, chunk: int = 5000) -> int:
+        """Delete delivered events older than the retention period and give the pages back."""
+        cutoff = int((time.time() - retention_s) * 1000)
+        total = 0
+        while True:
+
+            async def job(db: aiosqlite.Connection) -> int:
+                cur = await db.execute(
+                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_delivered"
+                    " WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?)",
+                    (cutoff, chunk),
+                )
+                return max(cur.rowcount, 0)
+
+            n = await self.write(job)
+            total += n
+            if n < chunk:
+                break
+        if total:
+
+            async def vacuum(db: aiosqlite.Connection) -> None:
+                await db.execute("DELETE FROM hourly WHERE hour < ?", (int(time.time()) // 3600 - 24 * 8,))
+
+            await self.write(vacuum)
+
+            async def shrink(db: aiosqlite.Connection) -> None:
+                # Hand freed pages back to the file system, then shrink the WAL; both outside a transaction.
+                for pragma in ("PRAGMA incremental_vacuum", "PRAGMA wal_checkpoint(TRUNCATE)"):
+                    async with db.execute(pragma) as cur:
+                        await cur.fetchall()
+
+            await self.write(shrink, transaction=False)
+            log.info("retention: deleted %d delivered events older than %.1f days", total, retention_s / 86400)
+        return total
+
+    async def recount(self) -> None:
+        """Re-read the backlog from the table (another process, e.g. `import --data-dir`, may have added)."""
+        self.stats.backlog = await self._scalar("SELECT count(*) FROM events WHERE delivered_at IS NULL")
+        self.stats.dead_letters = await self._scalar("SELECT count(*) FROM dead_letter")
+
+    async def _row(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     # ---- reading ---------------------------------------------------------------------------
 

@@ -1,0 +1,488 @@
+"""Upstream delivery: batches from the store, retries with backoff, poison-event isolation, link probe."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .config import UpstreamConfig
+from .store import Batch, Store
+
+__all__ = ["Forwarder", "ForwardState", "Outcome", "parse_windows", "in_window"]
+
+log = logging.getLogger(__name__)
+
+# Upstream's JSON limit after decompression is 5 MB; stay under it whatever batch_bytes says.
+_MAX_JSON_BYTES = 4_500_000
+# Longest Retry-After honoured as given (seconds); anything longer is capped.
+_MAX_RETRY_AFTER_S = 3600.0
+# While upstream refuses the key, how often the key file is re-read for a fix (seconds).
+_KEY_POLL_S = 2.0
+# gzip level: 6 is what zlib defaults to; 5 costs less CPU on a Pi for nearly the same bytes.
+_GZIP_LEVEL = 5
+
+
+@dataclass
+class ForwardState:
+    """What branch IT needs to know about delivery; read by the status page, metrics and logs."""
+
+    enabled: bool = False
+    link: str = "unknown"  # unknown | up | down | auth-failed | disabled
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_error_kind: str | None = None
+    next_attempt_at: float | None = None
+    delivered: int = 0
+    dead_lettered: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    batch_limit: int = 0  # the batch size that upstream accepts (learned from 413s)
+    sent_bytes_today: int = 0
+    budget_day: str = ""
+    waiting_for: str | None = None  # why nothing is being sent right now, in words
+    last_batch_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one upstream request, classified."""
+
+    kind: str  # ok | auth | too-large | bad-request | throttled | server | network
+    status: int | None = None
+    message: str = ""
+    retry_after: float | None = None
+
+
+def parse_windows(windows: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Turn ("22:00-06:00",) into [(1320, 360)] minutes of the day."""
+    out = []
+    for w in windows:
+        a, b = w.split("-")
+        ha, ma = (int(x) for x in a.split(":"))
+        hb, mb = (int(x) for x in b.split(":"))
+        out.append((ha * 60 + ma, hb * 60 + mb))
+    return out
+
+
+def in_window(windows: list[tuple[int, int]], now: datetime) -> bool:
+    """Whether `now` (local time) falls in any window; windows may wrap past midnight."""
+    if not windows:
+        return True
+    m = now.hour * 60 + now.minute
+    for start, end in windows:
+        if start <= end and start <= m < end:
+            return True
+        if start > end and (m >= start or m < end):
+            return True
+    return False
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return min(_MAX_RETRY_AFTER_S, max(0.0, float(value)))
+    except ValueError:
+        try:
+            when = datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc)
+        except ValueError:
+            return None
+        return min(_MAX_RETRY_AFTER_S, max(0.0, (when - datetime.now(timezone.utc)).total_seconds()))
+
+
+class Forwarder:
+    """Delivers the store's backlog upstream, one batch at a time, by itself, whenever it can."""
+
+    def __init__(self, store: Store, cfg: UpstreamConfig, url: str, device_id: str) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.url = url
+        self.device_id = cfg.device_id or device_id
+        self.state = ForwardState(enabled=bool(url), batch_limit=cfg.batch_events)
+        self.windows = parse_windows(cfg.upload_windows)
+        self.observers: list[Callable[[str, Outcome, int, float], None]] = []
+        self._wake = asyncio.Event()
+        self._link_up = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stopping = False
+        self._failures = 0
+        self._key: str | None = None
+        self._key_stamp: tuple[float, int] | None = None
+        self._warned: set[str] = set()
+        self._force = False
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start delivering (no-op without an upstream URL)."""
+        if not self.url:
+            self.state.link = "disabled"
+            log.info("no upstream.url configured: events are kept here and not forwarded")
+            return
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout, sock_connect=self.cfg.connect_timeout)
+        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=True)
+        self._link_up.set()  # assume up until a request says otherwise
+        self.store.on_commit(self.wake)
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+        log.info("forwarding to %s as device %s", self.url, self.device_id)
+
+    async def stop(self, timeout: float) -> None:
+        """Let the batch in flight finish (or time out), then stop; its events stay in the store."""
+        self._stopping = True
+        self._wake.set()
+        self._link_up.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                log.warning("stopping: cancelling the upstream batch in flight; its events stay queued")
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
+        if self._session is not None:
+            await self._session.close()
+
+    def wake(self) -> None:
+        """New events were committed: deliver now rather than after a poll interval."""
+        self._wake.set()
+
+    # ---- the key ---------------------------------------------------------------------------
+
+    def _key_path(self) -> Path | None:
+        name = self.cfg.api_key_file
+        if not name:
+            return None
+        path = Path(name)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not path.is_absolute() and creds and (Path(creds) / path).exists():
+            return Path(creds) / path
+        return path
+
+    def _api_key(self) -> str | None:
+        """The upstream key, re-read when its file changes (a fixed key needs no restart)."""
+        path = self._key_path()
+        if path is None:
+            return os.environ.get(self.cfg.api_key_env) or None
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime, st.st_size)
+            if stamp != self._key_stamp:
+                self._key = path.read_text("utf-8").strip() or None
+                self._key_stamp = stamp
+        except OSError as exc:
+            self._warn_once("key-file", f"cannot read upstream.api_key_file {path}: {exc.strerror}; "
+                                        "sending without a key until it is readable")
+            self._key, self._key_stamp = None, None
+        return self._key
+
+    # ---- probing ---------------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """Cheap link check (any HTTP answer means the WAN works); wakes delivery when it comes back."""
+        if self._session is None or self.state.link in ("up", "disabled"):
+            return
+        base = self.url.split("/", 3)
+        target = "/".join(base[:3]) + "/"
+        try:
+            async with self._session.head(target, timeout=aiohttp.ClientTimeout(total=self.cfg.connect_timeout)) as r:
+                await r.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.debug("probe of %s failed: %s", target, exc)
+            return
+        if self.state.link == "down":
+            log.info("upstream link is back (%s answers); delivering the backlog", target)
+            self._set_link("up")
+            self._link_up.set()
+
+    def _set_link(self, link: str) -> None:
+        if link != self.state.link:
+            self.state.link = link
+
+    # ---- sync now --------------------------------------------------------------------------
+
+    async def sync_now(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Deliver at once, ignoring backoff and windows; report what happened within `timeout`."""
+        if not self.url:
+            return {"ok": False, "delivered": 0, "backlog": self.store.stats.backlog,
+                    "error": "no upstream.url configured"}
+        before = self.state.delivered
+        errors_before = sum(self.state.errors.values())
+        self._force = True
+        self._failures = 0
+        self._link_up.set()
+        self._idle.clear()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._idle.is_set():
+                break
+            if sum(self.state.errors.values()) > errors_before and self.state.next_attempt_at:
+                break  # a failure: report it rather than wait out the backoff
+            await asyncio.sleep(0.05)
+        self._force = False
+        failed = sum(self.state.errors.values()) > errors_before
+        return {
+            "ok": not failed and self.store.stats.backlog == 0,
+            "delivered": self.state.delivered - before,
+            "backlog": self.store.stats.backlog,
+            "link": self.state.link,
+            "error": self.state.last_error if failed else None,
+        }
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not end delivery for good: log it, back off, go on
+                log.exception("forwarder error (will retry); please report this")
+                await self._sleep(self._backoff())
+
+    async def _step(self) -> None:
+        if not self._force:
+            reason = self._gate()
+            if reason:
+                self.state.waiting_for = reason
+                await self._sleep(60.0)
+                return
+        if not self._link_up.is_set():
+            self.state.waiting_for = "the upstream link to come back"
+            await self._wait_link()
+            return
+        self._wake.clear()  # before looking, so a commit landing after the look still wakes us
+        batch = await self.store.open_batch(self.state.batch_limit, min(_MAX_JSON_BYTES, self._json_budget()))
+        if batch is None:
+            self.state.waiting_for = None
+            self._idle.set()
+            if self._stopping:
+                return
+            try:
+                # New commits wake us; the timeout catches events added by another process (CLI import).
+                await asyncio.wait_for(self._wake.wait(), timeout=max(5.0, self.cfg.probe_interval))
+            except asyncio.TimeoutError:
+                await self.store.recount()
+            return
+        self._idle.clear()
+        self.state.waiting_for = None
+        await self._deliver(batch)
+
+    def _json_budget(self) -> int:
+        # Compressed size is unknown until gzip has run; assume at least 4:1 for telemetry JSON.
+        return self.cfg.batch_bytes * (4 if self.cfg.gzip else 1)
+
+    def _gate(self) -> str | None:
+        """Why upload must wait now (metered link), or None."""
+        now = datetime.now()
+        if not in_window(self.windows, now):
+            return f"an upload window ({', '.join(self.cfg.upload_windows)})"
+        if self.cfg.daily_byte_budget:
+            today = now.strftime("%Y-%m-%d")
+            if self.state.budget_day != today:
+                self.state.budget_day, self.state.sent_bytes_today = today, 0
+            if self.state.sent_bytes_today >= self.cfg.daily_byte_budget:
+                return f"tomorrow: today's upload budget of {self.cfg.daily_byte_budget} bytes is used up"
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early for shutdown or Sync now."""
+        self.state.next_attempt_at = time.time() + seconds
+        self._wake.clear()
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+        self.state.next_attempt_at = None
+
+    async def _wait_link(self) -> None:
+        waiter = asyncio.ensure_future(self._link_up.wait())
+        waker = asyncio.ensure_future(self._wake.wait())
+        backoff = self._backoff()
+        self.state.next_attempt_at = time.time() + backoff
+        try:
+            await asyncio.wait({waiter, waker}, timeout=backoff, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            waker.cancel()
+            self.state.next_attempt_at = None
+        self._link_up.set()  # try again (the backoff elapsed, the probe saw the link, or Sync now)
+
+    def _backoff(self) -> float:
+        """Exponential backoff with full jitter, capped."""
+        ceiling = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(self._failures, 30)))
+        return random.uniform(0, ceiling)
+
+    async def _deliver(self, batch: Batch) -> None:
+        rows = await self.store.batch_events(batch.id)
+        if not rows:
+            await self.store.mark_delivered(batch.id)  # emptied by an earlier crash: just close it
+            return
+        if len(rows) > self.state.batch_limit:
+            await self.store.release_tail(batch.id, self.state.batch_limit)
+            rows = rows[: self.state.batch_limit]
+        started = time.monotonic()
+        outcome, wire = await self._send(batch, rows)
+        elapsed = time.monotonic() - started
+        self.state.last_batch_s = elapsed
+        self.state.sent_bytes_today += wire
+        for observe in self.observers:
+            observe(outcome.kind, outcome, len(rows), elapsed)
+        await self._handle(batch, rows, outcome)
+
+    async def _send(self, batch: Batch, rows: list[tuple[int, str, bytes]]) -> tuple[Outcome, int]:
+        ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        head = orjson.dumps(
+            {"id": "ekstep.telemetry", "ver": "1.0", "ts": ts,
+             "params": {"did": self.device_id, "msgid": batch.msgid, "key": "", "requesterId": ""},
+             "mid": batch.msgid}
+        )
+        body = head[:-1] + b',"events":[' + b",".join(r[2] for r in rows) + b"]}"
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "X-Device-Id": self.device_id}
+        channel = batch.channel or self.cfg.channel_id
+        app_id = batch.pdata_id or self.cfg.app_id
+        if channel:
+            headers["X-Channel-Id"] = channel
+        if app_id:
+            headers["X-App-Id"] = app_id
+        key = self._api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if self.cfg.gzip:
+            body = await asyncio.to_thread(gzip.compress, body, _GZIP_LEVEL, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        if len(body) > self.cfg.batch_bytes and len(rows) > 1:
+            # Too big on the wire before upstream even sees it: treat like a 413.
+            return Outcome("too-large", None, f"batch is {len(body)} bytes, over upstream.batch_bytes"), 0
+        assert self._session is not None
+        try:
+            async with self._session.post(self.url, data=body, headers=headers) as r:
+                text = (await r.read())[:2000].decode("utf-8", "replace")
+                return self._classify(r.status, text, r.headers.get("Retry-After")), len(body)
+        except asyncio.TimeoutError:
+            return Outcome("network", None, f"no answer within {self.cfg.timeout:g} s (upstream.timeout)"), len(body)
+        except aiohttp.ClientConnectorError as exc:
+            return Outcome("network", None, f"cannot connect: {exc.os_error or exc}"), 0
+        except (aiohttp.ClientError, OSError) as exc:
+            return Outcome("network", None, f"connection failed: {type(exc).__name__}: {exc}"), len(body)
+
+    @staticmethod
+    def _classify(status: int, text: str, retry_after: str | None) -> Outcome:
+        if 200 <= status < 300:
+            return Outcome("ok", status)
+        message = text.strip().replace("\n", " ")[:300] or f"HTTP {status}"
+        if status in (401, 403):
+            return Outcome("auth", status, message)
+        if status == 413:
+            return Outcome("too-large", status, message)
+        if status in (429, 503) and retry_after is not None:
+            return Outcome("throttled", status, message, _retry_after(retry_after))
+        if status == 429:
+            return Outcome("throttled", status, message)
+        if 400 <= status < 500:
+            return Outcome("bad-request", status, message)
+        return Outcome("server", status, message)
+
+    async def _handle(self, batch: Batch, rows: list[tuple[int, str, bytes]], o: Outcome) -> None:
+        s = self.state
+        if o.kind == "ok":
+            n = await self.store.mark_delivered(batch.id)
+            s.delivered += n
+            s.last_success_at = time.time()
+            if s.link != "up":
+                log.info("upstream accepts telemetry again (link %s -> up)", s.link)
+            self._set_link("up")
+            self._failures = 0
+            self._warned.clear()
+            return
+        s.errors[o.kind] = s.errors.get(o.kind, 0) + 1
+        s.last_error, s.last_error_at, s.last_error_kind = f"{o.kind}: {o.message}", time.time(), o.kind
+        await self.store.note_attempt(batch.id, s.last_error)
+        if o.kind == "too-large":
+            if len(rows) == 1:
+                n = await self.store.dead_letter(batch.id, f"upstream refuses this event as too large: {o.message}")
+                s.dead_lettered += n
+                log.error("upstream refused event %s as too large; moved to dead letters", rows[0][1])
+                return
+            s.batch_limit = max(1, len(rows) // 2)
+            await self.store.release_tail(batch.id, s.batch_limit)
+            log.warning("upstream refused a batch of %d events as too large; sending %d per batch from now on",
+                        len(rows), s.batch_limit)
+            return
+        if o.kind == "bad-request":
+            if len(rows) == 1:
+                n = await self.store.dead_letter(batch.id, f"upstream answered {o.status}: {o.message}")
+                s.dead_lettered += n
+                log.error("upstream refused event %s (%s); moved to dead letters, see `telemetry-hub dead-letter list`",
+                          rows[0][1], o.message)
+                return
+            # Bisect: the halves are retried separately until the refused events stand alone.
+            await self.store.split_batch(batch.id, len(rows) // 2)
+            log.info("upstream refused a batch of %d events (%s); splitting it to find the bad ones",
+                     len(rows), o.message)
+            return
+        if o.kind == "auth":
+            self._set_link("auth-failed")
+            self._warn_once("auth", f"upstream rejected the API key (HTTP {o.status}); nothing is lost. "
+                                    "Fix the key in upstream.api_key_file; the hub retries by itself")
+            await self._wait_for_key()
+            return
+        self._failures += 1
+        if o.kind == "network":
+            self._set_link("down")
+            self._link_up.clear()
+            self._warn_once("network", f"upstream unreachable ({o.message}); events are kept and sent "
+                                       "when the link returns. Check the WAN link")
+            return
+        delay = o.retry_after if o.retry_after is not None else self._backoff()
+        self._set_link("up")
+        self._warn_once(o.kind, f"upstream answered {o.status} ({o.message}); retrying in {delay:.0f} s, "
+                                "events are kept")
+        await self._sleep(delay)
+
+    async def _wait_for_key(self) -> None:
+        """Retry after auth_retry_interval, or at once when the key file changes."""
+        stamp = self._key_stamp
+        deadline = time.monotonic() + self.cfg.auth_retry_interval
+        self.state.next_attempt_at = time.time() + self.cfg.auth_retry_interval
+        self._wake.clear()
+        while time.monotonic() < deadline and not self._stopping and not self._force:
+            self._api_key()
+            if self._key_stamp != stamp:
+                log.info("upstream key file changed; retrying now")
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=_KEY_POLL_S)
+                if self._force or self._stopping:
+                    break
+                self._wake.clear()
+            except asyncio.TimeoutError:
+                pass
+        self.state.next_attempt_at = None
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        """Warn once per kind of trouble, then quietly (a dead WAN must not flood the journal)."""
+        if kind in self._warned:
+            log.debug(message)
+        else:
+            self._warned.add(kind)
+            log.warning(message)

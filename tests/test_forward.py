@@ -1,0 +1,302 @@
+"""Upstream delivery against a real, fault-injecting upstream server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from events import js_request, make_events, mobile_request
+from upstream import FakeUpstream
+
+FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "probe_interval": 0.2, "timeout": 1.0, "connect_timeout": 0.5}
+
+
+@pytest.fixture
+async def upstream():
+    fake = FakeUpstream(seed=7)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+async def send(http, hub, events, did="dev-1") -> None:
+    body, headers = mobile_request(events, did=did)
+    async with http.post(hub.url + "/api/data/v1/telemetry", data=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+
+
+async def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pending(hub) -> int:
+    return hub.rows("SELECT count(*) FROM events WHERE delivered_at IS NULL")[0][0]
+
+
+async def settle(hub, upstream, mids: set[str], timeout: float = 30.0) -> None:
+    """Every accepted mid arrived upstream and nothing is pending in the hub."""
+    await wait_for(lambda: mids <= upstream.mids and pending(hub) == 0, timeout,
+                   f"all {len(mids)} events upstream (have {len(mids & upstream.mids)})")
+
+
+async def test_batches_are_sent_as_the_mobile_app_sends_them(start_hub, http, upstream, tmp_path):
+    key = tmp_path / "key"
+    key.write_text("sekret\n")
+    upstream.key = "sekret"
+    hub = await start_hub(upstream={"url": upstream.base_url, "api_key_file": str(key), **FAST})
+    a = make_events(250, channel="chan-a", pdata="app.one")
+    b = make_events(30, channel="chan-b", pdata="app.two")
+    await send(http, hub, a[:100] + b[:10])
+    await send(http, hub, a[100:] + b[10:])
+    await settle(hub, upstream, {e["mid"] for e in a + b})
+    assert upstream.ignored_requests == []
+    for batch in upstream.batches:
+        assert batch.path == "/api/data/v1/telemetry" and batch.content_encoding == "gzip"
+        assert batch.msgid == batch.mid and batch.did == hub.hub.hub_id == batch.device_id
+        assert batch.event_count <= 200
+        want = {"chan-a": "app.one", "chan-b": "app.two"}[batch.channel_id]
+        assert batch.app_id == want
+        src = {e["mid"]: e for e in (a if batch.channel_id == "chan-a" else b)}
+        assert set(batch.mids) <= set(src)
+    # Each event arrives exactly as the device sent it.
+    raw = dict(hub.rows("SELECT mid, raw FROM events"))
+    for e in upstream.events:
+        assert json.loads(raw[e["mid"]]) == e
+    assert sorted(upstream.received_mids) == sorted(upstream.mids)  # no duplicates without faults
+    s = hub.hub.forwarder.state
+    assert s.link == "up" and s.delivered == 280 and s.last_success_at
+    assert hub.hub.store.stats.backlog == 0
+
+
+async def test_new_events_reach_upstream_within_seconds(start_hub, http, upstream):
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "probe_interval": 30.0})
+    await send(http, hub, make_events(1))
+    await wait_for(lambda: len(upstream.mids) == 1, 5)
+    # Idle now; the next event must be woken by the commit, not found by polling.
+    await asyncio.sleep(0.5)
+    events = make_events(3)
+    t0 = time.monotonic()
+    await send(http, hub, events)
+    await wait_for(lambda: {e["mid"] for e in events} <= upstream.mids, 3, "delivery after a commit")
+    assert time.monotonic() - t0 < 3
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {"fail_rate": 0.5},
+        {"reset_rate": 0.4},
+        {"reset_rate": 0.4, "reset_after_store": True},
+        {"latency": 0.01, "fail_rate": 0.2, "reset_rate": 0.2},
+    ],
+    ids=["500s", "resets", "resets-after-store", "mixed"],
+)
+async def test_random_faults_lose_nothing(start_hub, http, upstream, faults):
+    upstream.configure(**faults)
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "batch_events": 50})
+    events = make_events(600)
+    for i in range(0, 600, 100):
+        await send(http, hub, events[i:i + 100])
+    await settle(hub, upstream, {e["mid"] for e in events}, 60)
+    s = hub.hub.forwarder.state
+    assert sum(s.errors.values()) > 0, "the faults never happened"
+    dupes = len(upstream.received_mids) - len(upstream.mids)
+    if not faults.get("reset_after_store"):
+        assert dupes == 0
+    # Retries of a batch reuse its msgid, so upstream's batch dedup can work.
+    by_msgid: dict[str, set[str]] = {}
+    for b in upstream.batches:
+        by_msgid.setdefault(b.msgid, set()).update(b.mids)
+    assert sum(len(v) for v in by_msgid.values()) == len(upstream.mids)
+
+
+async def test_hangs_past_the_timeout_are_retried(start_hub, http, upstream):
+    upstream.hang_seconds = 3.0
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    events = make_events(20)
+    await send(http, hub, events)
+    await wait_for(lambda: hub.hub.forwarder.state.errors.get("network", 0) >= 1, 10, "a timeout")
+    assert "upstream.timeout" in hub.hub.forwarder.state.last_error
+    upstream.hang_seconds = 0
+    await settle(hub, upstream, {e["mid"] for e in events})
+
+
+async def test_retry_after_is_honoured(start_hub, http, upstream):
+    upstream.rate_limit(2, retry_after=1, status=429)
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    events = make_events(10)
+    t0 = time.monotonic()
+    await send(http, hub, events)
+    await settle(hub, upstream, {e["mid"] for e in events})
+    assert time.monotonic() - t0 >= 1.9  # two Retry-After: 1 waits, not the 0.4 s backoff cap
+    assert hub.hub.forwarder.state.errors["throttled"] == 2
+
+
+async def test_rejected_key_waits_and_resumes_when_the_key_file_is_fixed(start_hub, http, upstream, tmp_path, caplog):
+    key = tmp_path / "upstream-key"
+    key.write_text("old-key")
+    upstream.key = "new-key"
+    hub = await start_hub(upstream={"url": upstream.url, "api_key_file": str(key), **FAST,
+                                    "auth_retry_interval": 300.0})
+    events = make_events(30)
+    await send(http, hub, events)
+    await wait_for(lambda: hub.hub.forwarder.state.link == "auth-failed", 10, "auth failure")
+    await asyncio.sleep(0.5)
+    assert upstream.by_status.get(401) == 1  # retried slowly, not hammered
+    assert pending(hub) == 30
+    assert "old-key" not in caplog.text and "rejected the API key" in caplog.text
+    key.write_text("new-key\n")
+    await settle(hub, upstream, {e["mid"] for e in events}, 10)
+    assert hub.hub.forwarder.state.link == "up"
+
+
+async def test_key_from_systemd_credentials_directory(start_hub, http, upstream, tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "upstream-key").write_text("cred-key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    upstream.key = "cred-key"
+    hub = await start_hub(upstream={"url": upstream.url, "api_key_file": "upstream-key", **FAST})
+    events = make_events(5)
+    await send(http, hub, events)
+    await settle(hub, upstream, {e["mid"] for e in events})
+
+
+async def test_413_halves_the_batch_and_remembers(start_hub, http, upstream):
+    upstream.max_wire_bytes = 5_000  # well under 200 gzipped sample events
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    events = make_events(400)
+    await send(http, hub, events)
+    await settle(hub, upstream, {e["mid"] for e in events})
+    s = hub.hub.forwarder.state
+    assert s.errors["too-large"] >= 1 and s.batch_limit < 200
+    assert max(b.wire_bytes for b in upstream.batches) <= 5_000
+
+
+async def test_400_isolates_the_refused_events_in_dead_letter(start_hub, http, upstream):
+    events = make_events(300)
+    bad = {events[7]["mid"], events[150]["mid"], events[299]["mid"]}
+    upstream.reject_mids = set(bad)
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    await send(http, hub, events[:150])
+    await send(http, hub, events[150:])
+    good = {e["mid"] for e in events} - bad
+    await settle(hub, upstream, good)
+    assert not (bad & upstream.mids)
+    dead = dict(hub.rows("SELECT mid, reason FROM dead_letter"))
+    assert set(dead) == bad
+    assert all("400" in r and m in r for m, r in dead.items())
+    assert hub.hub.store.stats.dead_letters == 3 and hub.hub.store.stats.backlog == 0
+    # Fixed upstream: an admin re-queues them and they go through.
+    upstream.reject_mids = set()
+    token = hub.hub.admin_token
+    async with http.post(hub.url + "/admin/dead-letters/requeue", json={"all": True}) as r:
+        assert r.status == 401
+    async with http.get(hub.url + "/admin/dead-letters", headers={"Authorization": f"Bearer {token}"}) as r:
+        listed = await r.json()
+        assert listed["total"] == 3 and {i["mid"] for i in listed["items"]} == bad
+    async with http.post(hub.url + "/admin/dead-letters/requeue", json={"all": True},
+                         headers={"Authorization": f"Bearer {token}"}) as r:
+        assert (await r.json()) == {"requeued": 3}
+    await settle(hub, upstream, bad | good)
+    assert hub.rows("SELECT count(*) FROM dead_letter") == [(0,)]
+
+
+async def test_link_down_then_up_delivery_resumes_by_itself(start_hub, http, upstream):
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "backoff_max": 30.0})
+    await upstream.down()
+    events = make_events(50)
+    await send(http, hub, events)
+    await wait_for(lambda: hub.hub.forwarder.state.link == "down", 10, "link down")
+    # While down, the forwarder does not spin: a few attempts, not hundreds.
+    attempts = hub.hub.forwarder.state.errors["network"]
+    await asyncio.sleep(1.0)
+    assert hub.hub.forwarder.state.errors["network"] - attempts < 15
+    await upstream.up()
+    t0 = time.monotonic()
+    await settle(hub, upstream, {e["mid"] for e in events}, 10)
+    assert time.monotonic() - t0 < 5, "delivery did not start within seconds of the link coming back"
+
+
+async def test_sync_now_reports_the_outcome(start_hub, http, upstream):
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "upload_windows": ["03:00-03:01"]})
+    events = make_events(40)
+    await send(http, hub, events)
+    await asyncio.sleep(0.5)
+    now = time.localtime()
+    if not (now.tm_hour == 3 and now.tm_min == 0):
+        assert upstream.mids == set() and "upload window" in hub.hub.forwarder.state.waiting_for
+    headers = {"Authorization": f"Bearer {hub.hub.admin_token}"}
+    async with http.post(hub.url + "/admin/sync") as r:
+        assert r.status == 401
+    async with http.post(hub.url + "/admin/sync", headers=headers) as r:
+        result = await r.json()
+    assert r.status == 200 and result["ok"] and result["delivered"] == 40 and result["backlog"] == 0
+    assert {e["mid"] for e in events} <= upstream.mids
+
+
+async def test_daily_byte_budget_holds_delivery(start_hub, http, upstream):
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "daily_byte_budget": 1, "batch_events": 10})
+    await send(http, hub, make_events(50))
+    await wait_for(lambda: len(upstream.batches) >= 1, 10)
+    await asyncio.sleep(0.5)
+    assert len(upstream.batches) == 1  # one batch used the day's budget
+    assert "budget" in hub.hub.forwarder.state.waiting_for
+
+
+async def test_hub_to_hub_chain(start_hub, http, upstream, tmp_path):
+    b = await start_hub(upstream={"url": upstream.url, **FAST}, server={"data_dir": str(tmp_path / "b")})
+    a = await start_hub(upstream={"url": b.url, **FAST}, server={"data_dir": str(tmp_path / "a")})
+    events = make_events(120, channel="chan-x", pdata="app.x")
+    await send(http, a, events[:60])
+    body, headers = js_request(events[60:])
+    async with http.post(a.url + "/api/data/v1/telemetry", data=body, headers=headers) as r:
+        assert r.status == 200
+    await settle(b, upstream, {e["mid"] for e in events})
+    assert pending(a) == 0
+    sent = dict(a.rows("SELECT mid, raw FROM events"))
+    relayed = dict(b.rows("SELECT mid, raw FROM events"))
+    assert sent == relayed  # byte for byte through both hubs
+    assert {bt.channel_id for bt in upstream.batches} == {"chan-x"}
+
+
+async def test_retention_deletes_only_delivered_events(start_hub, http, upstream):
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    events = make_events(100)
+    await send(http, hub, events)
+    await settle(hub, upstream, {e["mid"] for e in events})
+    await upstream.down()
+    await send(http, hub, make_events(10))
+    deleted = await hub.hub.store.prune(retention_s=0)
+    assert deleted == 100
+    assert hub.rows("SELECT count(*) FROM events") == [(10,)]
+    assert pending(hub) == 10
+
+
+async def test_gzip_off_sends_plain_json(start_hub, http, upstream):
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "gzip": False})
+    events = make_events(5)
+    await send(http, hub, events)
+    await settle(hub, upstream, {e["mid"] for e in events})
+    assert all(b.content_encoding is None for b in upstream.batches)
+
+
+def test_windows_parse_and_wrap():
+    from datetime import datetime
+
+    from hub.forward import in_window, parse_windows
+
+    w = parse_windows(("22:00-06:00",))
+    assert in_window(w, datetime(2026, 1, 1, 23, 0)) and in_window(w, datetime(2026, 1, 1, 5, 59))
+    assert not in_window(w, datetime(2026, 1, 1, 6, 0)) and not in_window(w, datetime(2026, 1, 1, 12, 0))
+    assert in_window([], datetime(2026, 1, 1, 12, 0))
