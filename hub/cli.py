@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import logging.config
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .config import Config, load
 from .errors import ConfigError, HubError
+
+if TYPE_CHECKING:
+    from .client import HubClient
 
 __all__ = ["main"]
 
@@ -59,6 +64,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> "HubClient":
+    from .client import HubClient, admin_token, local_url
+
+    cfg = load(args.config)
+    return HubClient(args.url or local_url(cfg), admin_token(cfg, getattr(args, "token", None)))
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from .client import error_text
+
+    client = _client(args)
+    status, answer = client.request("POST", f"/admin/sync?timeout={args.timeout:g}", timeout=args.timeout + 10)
+    if status != 200:
+        print(f"sync refused ({status}): {error_text(answer)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"delivered {answer['delivered']} events; {answer['backlog']} still waiting; link {answer.get('link')}")
+        if answer.get("error"):
+            print(f"last error: {answer['error']}")
+    return 0 if answer.get("ok") else 1
+
+
+def _cmd_dead_letter(args: argparse.Namespace) -> int:
+    from .client import error_text
+
+    client = _client(args)
+    if args.action == "list":
+        status, answer = client.request("GET", f"/admin/dead-letters?limit={args.limit}")
+    elif args.all:
+        status, answer = client.request("POST", "/admin/dead-letters/requeue", {"all": True})
+    elif args.mids:
+        status, answer = client.request("POST", "/admin/dead-letters/requeue", {"mids": args.mids})
+    else:
+        print("say which: --all, or one or more mids", file=sys.stderr)
+        return 2
+    if status != 200:
+        print(f"refused ({status}): {error_text(answer)}", file=sys.stderr)
+        return 1
+    if args.json or args.action != "list":
+        print(json.dumps(answer, indent=2) if args.json else f"re-queued {answer['requeued']} events for upstream")
+        return 0
+    print(f"{answer['total']} dead letters (events upstream refused); newest first:")
+    for item in answer["items"]:
+        print(f"  {item['mid']}  {item['eid']}  {item['reason']}")
+    return 0
+
+
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="the hub's URL (default: the one the local config describes)")
+    p.add_argument("--token", help="admin token (default: $TELEMETRY_HUB_ADMIN_TOKEN or <data_dir>/admin-token)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telemetry-hub", description="Sunbird telemetry hub for a school branch")
     p.add_argument("--config", "-c", default=os.environ.get("TELEMETRY_HUB_CONFIG"), help="TOML config file (optional)")
@@ -71,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="state directory (overrides server.data_dir)")
     run.add_argument("--upstream", help="upstream Sunbird URL (overrides upstream.url)")
     run.set_defaults(func=_cmd_run)
+
+    sync = sub.add_parser("sync", help="deliver to upstream now and report the outcome")
+    _remote(sync)
+    sync.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
+    sync.set_defaults(func=_cmd_sync)
+
+    dead = sub.add_parser("dead-letter", help="list or re-queue events upstream refused")
+    dead.add_argument("action", choices=["list", "requeue"])
+    dead.add_argument("mids", nargs="*", help="mids to re-queue")
+    dead.add_argument("--all", action="store_true", help="re-queue every dead letter")
+    dead.add_argument("--limit", type=int, default=100)
+    _remote(dead)
+    dead.set_defaults(func=_cmd_dead_letter)
 
     from .imports import add_cli_commands as add_share_commands
 

@@ -300,3 +300,35 @@ def test_windows_parse_and_wrap():
     assert in_window(w, datetime(2026, 1, 1, 23, 0)) and in_window(w, datetime(2026, 1, 1, 5, 59))
     assert not in_window(w, datetime(2026, 1, 1, 6, 0)) and not in_window(w, datetime(2026, 1, 1, 12, 0))
     assert in_window([], datetime(2026, 1, 1, 12, 0))
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hub", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode, out.decode()
+
+
+async def test_cli_sync_and_dead_letters(start_hub, http, upstream):
+    events = make_events(20)
+    upstream.reject_mids = {events[3]["mid"]}
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    await upstream.down()
+    await send(http, hub, events)
+    token = hub.hub.admin_token
+    code, out = await _cli("sync", "--url", hub.url, "--token", token, "--timeout", "2")
+    assert code == 1 and "still waiting" in out and "network" in out  # link down: said plainly
+    await upstream.up()
+    code, out = await _cli("sync", "--url", hub.url, "--token", token)
+    assert code == 0 and "19 still waiting" not in out, out
+    await settle(hub, upstream, {e["mid"] for e in events} - upstream.reject_mids)
+    code, out = await _cli("dead-letter", "list", "--url", hub.url, "--token", token)
+    assert code == 0 and events[3]["mid"] in out and "1 dead letters" in out
+    code, out = await _cli("dead-letter", "list", "--url", hub.url, "--token", "wrong")
+    assert code == 1 and "admin token" in out
+    upstream.reject_mids = set()
+    code, out = await _cli("dead-letter", "requeue", events[3]["mid"], "--url", hub.url, "--token", token)
+    assert code == 0 and "re-queued 1" in out
+    await settle(hub, upstream, {e["mid"] for e in events})
