@@ -6,6 +6,9 @@ import logging
 
 from aiohttp import web
 
+from .admin import AdminGate
+from .config import Config
+from .forward import Forwarder
 from .ingest import Ingest, json_response
 from .store import Store
 
@@ -20,9 +23,22 @@ _HEALTH_MARGIN_BYTES = 32 * 1024
 class Status:
     """Answers 'is the hub healthy, and why not' from the store's live figures."""
 
-    def __init__(self, store: Store, ingest: Ingest, *, version: str, hub_id: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ingest: Ingest,
+        forwarder: Forwarder,
+        admin: AdminGate,
+        cfg: Config,
+        *,
+        version: str,
+        hub_id: str,
+    ) -> None:
         self.store = store
         self.ingest = ingest
+        self.forwarder = forwarder
+        self.admin = admin
+        self.cfg = cfg
         self.version = version
         self.hub_id = hub_id
 
