@@ -121,7 +121,7 @@ def _remote(p: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telemetry-hub", description="Sunbird telemetry hub for a school branch")
-    p.add_argument("--config", "-c", default=os.environ.get("TELEMETRY_HUB_CONFIG"), help="TOML config file (optional)")
+    p.add_argument("--config", "-c", default=os.environ.get("TELEMETRY_HUB_CONFIG") or None, help="TOML config file (optional)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the hub (until SIGTERM / Ctrl+C)")

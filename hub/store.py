@@ -72,6 +72,7 @@ _MIGRATIONS: list[str] = [
     # v2: upstream delivery (batches with a fixed msgid, dead letters) and the import ledger.
     """
     CREATE INDEX events_route ON events(channel, pdata_id, seq) WHERE delivered_at IS NULL AND batch_id IS NULL;
+    CREATE INDEX events_batch ON events(batch_id, seq) WHERE delivered_at IS NULL AND batch_id IS NOT NULL;
     CREATE TABLE batches (
         id INTEGER PRIMARY KEY,
         msgid TEXT NOT NULL UNIQUE,
@@ -567,7 +568,9 @@ class Store:
     async def batch_events(self, batch_id: int) -> list[tuple[int, str, bytes]]:
         """(seq, mid, raw) of a batch's undelivered events, in order; one batch, never the backlog."""
         rows = await self.fetchall(
-            "SELECT seq, mid, raw FROM events WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq", (batch_id,)
+            "SELECT seq, mid, raw FROM events INDEXED BY events_batch"
+            " WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq",
+            (batch_id,),
         )
         return [(int(s), str(m), bytes(r)) for s, m, r in rows]
 
@@ -577,7 +580,8 @@ class Store:
 
         async def job(db: aiosqlite.Connection) -> int:
             cur = await db.execute(
-                "UPDATE events SET delivered_at = ? WHERE batch_id = ? AND delivered_at IS NULL", (now, batch_id)
+                "UPDATE events INDEXED BY events_batch SET delivered_at = ? WHERE batch_id = ? AND delivered_at IS NULL",
+                (now, batch_id),
             )
             n = max(cur.rowcount, 0)
             await db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
