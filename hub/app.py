@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,13 +23,17 @@ from .admin import AdminGate
 from .control import Control
 from .forward import Forwarder
 from .imports import ShareService
-from .ingest import Ingest, KeyRing
+from .sdnotify import Notifier, Watchdog
+from .ingest import Ingest, KeyRing, sunbird_error
 from .status import Status
 from .store import Store
 
 __all__ = ["Hub", "read_secret_file"]
 
 log = logging.getLogger(__name__)
+
+# How often systemd's STATUS= line is refreshed (seconds).
+_STATUS_INTERVAL_S = 10.0
 
 
 def read_secret_file(path: Path) -> str:
@@ -72,6 +77,9 @@ class Hub:
         self.admin_token = ""
         self._stop = asyncio.Event()
         self._force = False
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
 
     def _secrets(self) -> KeyRing:
         a = self.cfg.auth
@@ -100,9 +108,10 @@ class Hub:
         ingest = Ingest(self.store, self.cfg.limits, self.cfg.store, keys, self.cfg.server.client_timeout)
         admin = AdminGate(self.admin_token)
         self.forwarder = Forwarder(self.store, self.cfg.upstream, self.cfg.upstream_url, self.hub_id)
-        status = Status(self.store, ingest, self.forwarder, admin, self.cfg, version=__version__, hub_id=self.hub_id)
+        status = Status(self.store, ingest, self.forwarder, admin, self.cfg, version=__version__, hub_id=self.hub_id,
+                        cookie_key=self.admin_token)
         share = ShareService(self.store, self.cfg, admin=admin, schema=ingest.schema, hub_id=self.hub_id)
-        app = web.Application(middlewares=[ingest.cors], client_max_size=self.cfg.limits.max_body_bytes)
+        app = web.Application(middlewares=[ingest.cors, self._track], client_max_size=self.cfg.limits.max_body_bytes)
         control = Control(self.store, self.forwarder, admin)
         app.add_routes(ingest.routes())
         app.add_routes(status.routes())
@@ -147,15 +156,55 @@ class Hub:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None
+        # The device side drains (stop listening, answer in-flight requests) while the batch in
+        # flight upstream finishes; both within server.shutdown_timeout.
+        drains = []
         if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+            drains.append(self._drain_devices(self.runner))
         if self.forwarder is not None:
-            await self.forwarder.stop(timeout=self.cfg.upstream.timeout if self.forwarder.url else 0)
-            self.forwarder = None
+            drains.append(self.forwarder.stop(timeout=min(self.cfg.upstream.timeout, self.cfg.server.shutdown_timeout)))
+        await asyncio.gather(*drains)
+        self.runner = None
+        self.forwarder = None
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+        """Count requests in progress so shutdown can wait for them."""
+        if self._draining and request.method == "POST":
+            # A new request on a kept-alive connection after SIGTERM: ask the device to come back.
+            return sunbird_error(503, "the hub is restarting; retry in a few seconds", headers={
+                "Retry-After": "5", "Connection": "close"})
+        self._inflight += 1
+        try:
+            return await handler(request)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _drain_devices(self, runner: web.AppRunner) -> None:
+        """Stop listening, let requests in flight (bodies still arriving included) finish, then close.
+
+        aiohttp drops body bytes once its own shutdown starts, so the hub waits for its requests
+        first and only then hands over to runner.cleanup().
+        """
+        for site in list(runner.sites):
+            await site.stop()
+        self._draining = True
+        if self._inflight:
+            self._idle.clear()
+            log.info("stopping: waiting for %d requests in flight", self._inflight)
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.cfg.server.shutdown_timeout)
+            except asyncio.TimeoutError:
+                log.warning("stopping: %d requests still running after %g s (server.shutdown_timeout); "
+                            "they are cut off and their devices will resend", self._inflight,
+                            self.cfg.server.shutdown_timeout)
+        await runner.cleanup()
 
     def request_stop(self) -> None:
         """Ask the hub to stop (signal handler); a second request skips the drain."""
@@ -165,17 +214,46 @@ class Hub:
             os._exit(1)
         self._stop.set()
 
+    def summary(self) -> str:
+        """One line for systemd's STATUS= (shown by `systemctl status`)."""
+        if self.store is None:
+            return "starting"
+        s = self.store.stats
+        link = self.forwarder.state.link if self.forwarder else "disabled"
+        full = " | REFUSING NEW DATA: store full" if self.store.space_problem() else ""
+        return f"{s.backlog} events waiting for upstream, link {link}, {s.stored_total} stored{full}"
+
+    def _alive(self) -> bool:
+        """Watchdog health beyond the loop turning: the store's writer must still be running."""
+        return self.store is not None and self.store.writer_alive()
+
+    async def _report_status(self, notifier: Notifier) -> None:
+        while True:
+            notifier.status(self.summary())
+            await asyncio.sleep(_STATUS_INTERVAL_S)
+
     async def run(self) -> None:
-        """Run until SIGTERM or SIGINT, then shut down gracefully."""
+        """Run until SIGTERM or SIGINT, then shut down gracefully, telling systemd each step."""
         loop = asyncio.get_running_loop()
+        notifier = Notifier()
+        watchdog = Watchdog(notifier, healthy=self._alive)
         for sig in (signal.SIGTERM, signal.SIGINT):  # SIGTERM: systemd stop; SIGINT: Ctrl+C
             loop.add_signal_handler(sig, self.request_stop)
+        reporter: asyncio.Task[None] | None = None
         try:
             await self.start()
+            watchdog.start()
+            notifier.ready(self.summary())  # only now: the store is open and the port accepts connections
+            reporter = asyncio.create_task(self._report_status(notifier))
             await self._stop.wait()
             log.info("stopping: finishing requests in flight and closing the store")
+            notifier.stopping("stopping: finishing requests in flight")
         finally:
+            if reporter is not None:
+                reporter.cancel()
             await self.stop()
+            await watchdog.stop()  # last: a hung drain is still caught by systemd's watchdog
+            notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log.info("stopped cleanly")

@@ -748,6 +748,10 @@ class Store:
         """One integer from a read-only query."""
         return await self._scalar(sql, params)
 
+    def writer_alive(self) -> bool:
+        """Whether the writer task is running (a dead writer means nothing can be acknowledged)."""
+        return self._writer is not None and not self._writer.done()
+
     async def writable(self) -> bool:
         """Whether a write transaction can be taken right now (for /health)."""
         if self._writer is None or self._writer.done():
