@@ -26,6 +26,7 @@ from .imports import ShareService
 from .sdnotify import Notifier, Watchdog
 from .ingest import Ingest, KeyRing, sunbird_error
 from .status import Status
+from .tls import TlsMaterial, load_or_create
 from .store import Store
 
 __all__ = ["Hub", "read_secret_file"]
@@ -62,6 +63,13 @@ def _stable_value(path: Path, make: str) -> str:
     return make
 
 
+def _bound_port(site: web.TCPSite, configured: int) -> int:
+    """The port a site really listens on (differs from the config when it asked for port 0)."""
+    server = getattr(site, "_server", None)
+    sockets = server.sockets if server is not None else []
+    return int(sockets[0].getsockname()[1]) if sockets else configured
+
+
 class Hub:
     """One running hub: store, device API, status; started and stopped in a fixed order."""
 
@@ -73,6 +81,8 @@ class Hub:
         self.scheduler: AsyncIOScheduler | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.tls: TlsMaterial | None = None
+        self.tls_port: int | None = None
         self.hub_id = ""
         self.admin_token = ""
         self._stop = asyncio.Event()
@@ -103,6 +113,8 @@ class Hub:
         """Open the store, then listen; the order matters: never accept what cannot be stored."""
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = self._secrets()
+        if self.cfg.tls.enabled:  # before anything opens: a bad certificate stops the start cleanly
+            self.tls = load_or_create(self.cfg.tls, self.data_dir, self.cfg.server.branch_name)
         self.store = Store(self.data_dir / "hub.db", self.cfg.store)
         await self.store.open()
         ingest = Ingest(self.store, self.cfg.limits, self.cfg.store, keys, self.cfg.server.client_timeout)
@@ -128,10 +140,16 @@ class Hub:
         host = self.cfg.server.host or None
         site = web.TCPSite(self.runner, host, self.cfg.server.port, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.server.port
+        self.port = _bound_port(site, self.cfg.server.port)
         shown = self.cfg.server.host or "*"
         log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
+        if self.tls is not None:
+            tls_site = web.TCPSite(self.runner, host, self.cfg.tls.port, ssl_context=self.tls.context,
+                                   reuse_address=True)
+            await tls_site.start()
+            self.tls_port = _bound_port(tls_site, self.cfg.tls.port)
+            log.info("HTTPS on port %d, certificate %s, SHA-256 fingerprint %s (clients can pin it)",
+                     self.tls_port, self.tls.cert_path, self.tls.fingerprint)
         await self.forwarder.start()
         self.scheduler = self._schedule(self.store, self.forwarder)
         self.scheduler.start()
