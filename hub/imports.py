@@ -750,8 +750,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--data-dir", help="the hub's data directory (default: from the config)")
     where.add_argument("--url", help="a running hub, e.g. http://192.168.1.10:9001")
-    p.add_argument("--token", help="admin token for --url (default: $TELEMETRY_HUB_ADMIN_TOKEN, "
-                                   "else auth.admin_token_file, else <data dir>/admin-token)")
+    p.add_argument("--token", help="admin token for --url; write --token=VALUE if it starts with '-' "
+                                   "(default: $TELEMETRY_HUB_ADMIN_TOKEN, else auth.admin_token_file, "
+                                   "else <data dir>/admin-token)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
