@@ -56,6 +56,16 @@ class ForwardState:
 
 
 @dataclass(frozen=True)
+class _Prepared:
+    """A batch read from the store and encoded, ready to send (the key is added at send time)."""
+
+    batch: Batch
+    rows: list[tuple[int, str, bytes]]
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """The result of one upstream request, classified."""
 
@@ -124,6 +134,7 @@ class Forwarder:
         self._key_stamp: tuple[float, int] | None = None
         self._warned: set[str] = set()
         self._force = False
+        self._next: _Prepared | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -269,7 +280,7 @@ class Forwarder:
             await self._wait_link()
             return
         self._wake.clear()  # before looking, so a commit landing after the look still wakes us
-        batch = await self.store.open_batch(self.state.batch_limit, min(_MAX_JSON_BYTES, self._json_budget()))
+        batch, self._next = self._next or await self._prepare(None), None
         if batch is None:
             self.state.waiting_for = None
             self._idle.set()
@@ -332,24 +343,19 @@ class Forwarder:
         ceiling = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(self._failures, 30)))
         return random.uniform(0, ceiling)
 
-    async def _deliver(self, batch: Batch) -> None:
+    async def _prepare(self, exclude: int | None) -> _Prepared | None:
+        """Take the next batch from the store and encode it (runs while the previous one is in flight)."""
+        limit = self.state.batch_limit
+        batch = await self.store.open_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude=exclude)
+        if batch is None:
+            return None
         rows = await self.store.batch_events(batch.id)
         if not rows:
-            await self.store.mark_delivered(batch.id)  # emptied by an earlier crash: just close it
-            return
-        if len(rows) > self.state.batch_limit:
-            await self.store.release_tail(batch.id, self.state.batch_limit)
-            rows = rows[: self.state.batch_limit]
-        started = time.monotonic()
-        outcome, wire = await self._send(batch, rows)
-        elapsed = time.monotonic() - started
-        self.state.last_batch_s = elapsed
-        self.state.sent_bytes_today += wire
-        for observe in self.observers:
-            observe(outcome.kind, outcome, len(rows), elapsed)
-        await self._handle(batch, rows, outcome)
-
-    async def _send(self, batch: Batch, rows: list[tuple[int, str, bytes]]) -> tuple[Outcome, int]:
+            await self.store.mark_delivered(batch.id)  # emptied before a crash: just close it
+            return None
+        if len(rows) > limit:
+            await self.store.release_tail(batch.id, limit)
+            rows = rows[:limit]
         ts = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         head = orjson.dumps(
             {"id": "ekstep.telemetry", "ver": "1.0", "ts": ts,
@@ -364,13 +370,40 @@ class Forwarder:
             headers["X-Channel-Id"] = channel
         if app_id:
             headers["X-App-Id"] = app_id
-        key = self._api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
         if self.cfg.gzip:
             body = await asyncio.to_thread(gzip.compress, body, _GZIP_LEVEL, mtime=0)
             headers["Content-Encoding"] = "gzip"
-        if len(body) > self.cfg.batch_bytes and len(rows) > 1:
+        return _Prepared(batch, rows, body, headers)
+
+    async def _deliver(self, current: _Prepared) -> None:
+        """Send one batch while the next one is prepared, then act on upstream's answer."""
+        if len(current.rows) > self.state.batch_limit:  # the limit shrank (413) after it was prepared
+            await self.store.release_tail(current.batch.id, self.state.batch_limit)
+            self._next = await self._prepare(None)
+            return
+        ahead = asyncio.create_task(self._prepare(exclude=current.batch.id))
+        started = time.monotonic()
+        try:
+            outcome, wire = await self._send(current)
+        finally:
+            try:
+                self._next = await ahead
+            except Exception:  # the next batch is simply prepared again on the next step
+                log.exception("preparing the next upstream batch failed; will retry")
+                self._next = None
+        elapsed = time.monotonic() - started
+        self.state.last_batch_s = elapsed
+        self.state.sent_bytes_today += wire
+        for observe in self.observers:
+            observe(outcome.kind, outcome, len(current.rows), elapsed)
+        await self._handle(current.batch, current.rows, outcome)
+
+    async def _send(self, p: _Prepared) -> tuple[Outcome, int]:
+        body, headers = p.body, dict(p.headers)
+        key = self._api_key()  # read now, not when prepared: a fixed key takes effect at once
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if len(body) > self.cfg.batch_bytes and len(p.rows) > 1:
             # Too big on the wire before upstream even sees it: treat like a 413.
             return Outcome("too-large", None, f"batch is {len(body)} bytes, over upstream.batch_bytes"), 0
         assert self._session is not None

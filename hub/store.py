@@ -519,14 +519,16 @@ class Store:
 
     # ---- upstream delivery -----------------------------------------------------------------
 
-    async def open_batch(self, max_events: int, max_bytes: int) -> Batch | None:
+    async def open_batch(self, max_events: int, max_bytes: int, exclude: int | None = None) -> Batch | None:
         """The batch to send next: an unfinished one (same msgid as before), else a new one.
 
         A new batch holds pending events of one channel and one producer (upstream stamps the
         whole request with one X-Channel-Id / X-App-Id), oldest first, within both limits. Its
         msgid is committed before it is sent, so every retry, even after a crash, reuses it.
         """
-        row = await self._row("SELECT id, msgid, channel, pdata_id FROM batches ORDER BY id LIMIT 1")
+        row = await self._row(
+            "SELECT id, msgid, channel, pdata_id FROM batches WHERE id IS NOT ? ORDER BY id LIMIT 1", (exclude,)
+        )
         if row is not None:
             return Batch(*row)
         head = await self._row(
