@@ -100,7 +100,8 @@ class Hub:
         elif env_token:
             self.admin_token = env_token
         else:
-            self.admin_token = _stable_value(self.data_dir / "admin-token", secrets.token_urlsafe(24))
+            # Hex: never starts with "-", so `--token VALUE` works on any command line.
+            self.admin_token = _stable_value(self.data_dir / "admin-token", secrets.token_hex(24))
         keys: list[str] = []
         if a.device_keys_file:
             text = read_secret_file(Path(a.device_keys_file))
