@@ -290,7 +290,7 @@ class Forwarder:
                 # New commits wake us; the timeout catches events added by another process (CLI import).
                 await asyncio.wait_for(self._wake.wait(), timeout=max(5.0, self.cfg.probe_interval))
             except asyncio.TimeoutError:
-                await self.store.recount()
+                pass
             return
         self._idle.clear()
         self.state.waiting_for = None
