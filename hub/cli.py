@@ -88,6 +88,19 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return 0 if answer.get("ok") else 1
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import error_text
+    from .status import format_text
+
+    client = _client(args)
+    status, answer = client.request("GET", "/status.json", timeout=args.timeout)
+    if status != 200 or not isinstance(answer, dict) or "state" not in answer:
+        print(f"status refused ({status}): {error_text(answer)}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args.json else format_text(answer, client.url))
+    return 0 if answer.get("healthy") else 1
+
+
 def _cmd_dead_letter(args: argparse.Namespace) -> int:
     from .client import error_text
 
@@ -136,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     _remote(sync)
     sync.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
     sync.set_defaults(func=_cmd_sync)
+
+    status = sub.add_parser("status", help="how the running hub is doing (exit status 1 unless healthy)",
+                            description="Ask the running hub how it is doing. Exit status: 0 healthy, "
+                                        "1 unhealthy (the reasons are printed) or unreachable.")
+    _remote(status)
+    status.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the hub's answer")
+    status.set_defaults(func=_cmd_status)
 
     dead = sub.add_parser("dead-letter", help="list or re-queue events upstream refused")
     dead.add_argument("action", choices=["list", "requeue"])
