@@ -46,6 +46,8 @@ class Control:
         token = form.get("token") if isinstance(form.get("token"), str) else None
         denied = self._denied(request, token)  # type: ignore[arg-type]
         if denied:
+            if form and "text/html" in request.headers.get("Accept", ""):
+                raise web.HTTPSeeOther("/?synced=denied")  # the status page's form: say so on the page
             return denied
         timeout = float(request.query.get("timeout", "60"))
         result = await self.forwarder.sync_now(timeout=min(timeout, 300.0))

@@ -608,7 +608,7 @@ def _html_response(status: int, title: str, body: str) -> web.Response:
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{html.escape(title)} - telemetry-hub</title><style>{_CSS}</style></head>"
-        f"<body>{body}</body></html>\n"
+        f"<body>{body}<p><a href=\"/\">&larr; Back to the hub's status</a></p></body></html>\n"
     )
     return web.Response(status=status, text=page, content_type="text/html", headers={
         "Cache-Control": "no-store",

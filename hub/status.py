@@ -404,7 +404,7 @@ class Status:
             return _html_response(401, "Log in", _login_html(None))
         facts = await self.facts(request)
         synced = request.query.get("synced")
-        body = _render_page(facts, synced=synced if synced in ("0", "1") else None,
+        body = _render_page(facts, synced=synced if synced in ("0", "1", "denied") else None,
                            can_import=_has_route(request, "/import"), logged_in=self._cookie_ok(request))
         response = _html_response(200, "Status", body, refresh=True)
         if self.needs_token and not self._cookie_ok(request):
@@ -770,6 +770,9 @@ def _render_page(facts: Mapping[str, Any], *, synced: str | None = None, can_imp
 
     if synced == "1":
         out.append('<div class="banner" id="sync-result">Sync finished: everything waiting was delivered.</div>')
+    elif synced == "denied":
+        out.append('<div class="banner bad" id="sync-result">Sync was not started: the admin token was wrong. '
+                   "Type the token from the hub's admin-token file.</div>")
     elif synced == "0":
         why = up["last_error"] or ("no upstream is configured" if not up["configured"] else "it did not finish in time")
         out.append(f'<div class="banner bad" id="sync-result">Sync did not deliver everything: {e(str(why))}. '

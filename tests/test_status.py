@@ -340,3 +340,13 @@ async def test_cli_status_prints_the_facts_and_exits_by_health(start_hub, http):
         closed = s.getsockname()[1]
     code, out, err = await cli("status", "--url", f"http://127.0.0.1:{closed}")
     assert code == 1 and "cannot reach the hub" in err
+
+
+async def test_sync_now_with_a_wrong_token_says_so_on_the_page(start_hub, http):
+    hub = await start_hub()
+    async with http.post(hub.url + "/admin/sync", data={"token": "wrong"}, headers={"Accept": "text/html"},
+                         allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"] == "/?synced=denied"
+    async with http.get(hub.url + "/?synced=denied") as r:
+        page = await r.text()
+    assert "admin token was wrong" in page and "wrong" not in page.split("admin token was wrong")[0][-200:]
