@@ -144,9 +144,8 @@ def main() -> None:
                     cmd = [sys.executable, "-c", BASELINE, str(port)]
                 else:
                     cmd = [sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
-                           "--data-dir", tmp]
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        env={**os.environ, "TELEMETRY_HUB_DISCOVERY": "0"})
+                           "--data-dir", tmp, "--no-discovery"]
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
                     wait_up(f"http://127.0.0.1:{port}/health", proc)
                     r = asyncio.run(drive(f"http://127.0.0.1:{port}/api/data/v1/telemetry", bodies, args.clients, batch))

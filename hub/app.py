@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -24,7 +25,8 @@ from .control import Control
 from .forward import Forwarder
 from .imports import ShareService
 from .sdnotify import Notifier, Watchdog
-from .ingest import Ingest, KeyRing, sunbird_error
+from .discovery import Advertiser, default_instance_name, local_urls, txt_properties
+from .ingest import DEVICE_PATHS, Ingest, KeyRing, sunbird_error
 from .status import Status
 from .tls import TlsMaterial, load_or_create
 from .store import Store
@@ -33,6 +35,8 @@ __all__ = ["Hub", "read_secret_file"]
 
 log = logging.getLogger(__name__)
 
+# The device API's version, announced in the DNS-SD TXT record (the Sunbird envelope's "ver").
+API_VERSION = "1.0"
 # How often systemd's STATUS= line is refreshed (seconds).
 _STATUS_INTERVAL_S = 10.0
 
@@ -82,6 +86,7 @@ class Hub:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.tls: TlsMaterial | None = None
+        self.advertiser: Advertiser | None = None
         self.tls_port: int | None = None
         self.hub_id = ""
         self.admin_token = ""
@@ -154,6 +159,29 @@ class Hub:
         await self.forwarder.start()
         self.scheduler = self._schedule(self.store, self.forwarder)
         self.scheduler.start()
+        await self._advertise(keys.required)
+
+    async def _advertise(self, auth: bool) -> None:
+        """Announce the hub over mDNS, and print its URLs for networks where multicast does not cross."""
+        assert self.port is not None
+        urls = await asyncio.to_thread(local_urls, self.port, DEVICE_PATHS[0])
+        if self.tls is not None and self.tls_port is not None:
+            urls += await asyncio.to_thread(local_urls, self.tls_port, DEVICE_PATHS[0], "https")
+        if self.cfg.server.host in ("", "0.0.0.0", "::"):
+            for url in urls:
+                log.info("devices can sync to %s", url)
+        d = self.cfg.discovery
+        if not d.enabled:
+            return
+        name = self.cfg.server.branch_name or socket.gethostname()
+        try:
+            props = txt_properties(path=DEVICE_PATHS[0], ver=API_VERSION, hub_id=self.hub_id, name=name, auth=auth,
+                                   tls_fingerprint=self.tls.fingerprint if self.tls else None, extra=d.txt)
+            instance = d.instance or default_instance_name(self.cfg.server.branch_name, socket.gethostname())
+            self.advertiser = Advertiser(instance=instance, port=self.port, properties=props, interfaces=d.interfaces)
+        except ValueError as exc:
+            raise ConfigError(f"discovery: {exc}") from None
+        await self.advertiser.start()
 
     def _schedule(self, store: Store, forwarder: Forwarder) -> AsyncIOScheduler:
         """Periodic jobs: the cheap link probe, retention, and wake-ups when upload windows open."""
@@ -172,6 +200,9 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish and commit, let the upstream batch finish, close."""
+        if self.advertiser is not None:  # goodbye first, so devices stop picking this hub at once
+            await self.advertiser.close()
+            self.advertiser = None
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
             self.scheduler = None

@@ -51,6 +51,8 @@ def _config(args: argparse.Namespace) -> Config:
         cfg = cfg.replace("server", **server)
     if getattr(args, "upstream", None) is not None:
         cfg = cfg.replace("upstream", url=args.upstream)
+    if getattr(args, "no_discovery", False):
+        cfg = cfg.replace("discovery", enabled=False)
     return cfg
 
 
@@ -126,6 +128,43 @@ def _cmd_dead_letter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from .discovery import find_hubs, local_urls
+    from .ingest import DEVICE_PATHS
+
+    if args.self:
+        cfg = load(args.config)
+        urls = local_urls(cfg.server.port, DEVICE_PATHS[0])
+        if cfg.tls.enabled:
+            urls += local_urls(cfg.tls.port, DEVICE_PATHS[0], "https")
+        if args.json:
+            print(json.dumps(urls, indent=2))
+        else:
+            print("This hub's telemetry URL on each of its addresses (give one to a device that cannot use mDNS):")
+            for url in urls or ["(no network address yet)"]:
+                print(f"  {url}")
+        return 0 if urls else 1
+    hubs = asyncio.run(find_hubs(args.timeout))
+    if args.json:
+        print(json.dumps([{"name": h.name, "addresses": list(h.addresses), "port": h.port,
+                           "properties": h.properties, "urls": h.urls()} for h in hubs], indent=2))
+        return 0 if hubs else 1
+    if not hubs:
+        print(f"no telemetry hub answered on this network within {args.timeout:g} s "
+              "(multicast may be blocked; try `telemetry-hub discover --self` on the hub)")
+        return 1
+    for h in hubs:
+        p = h.properties
+        print(f"{h.name}")
+        print(f"  branch {p.get('name', '?')}  hub id {p.get('hub', '?')}  "
+              f"key needed: {'yes' if p.get('auth') == '1' else 'no'}")
+        if p.get("tls"):
+            print(f"  TLS certificate SHA-256: {p['tls']}")
+        for url in h.urls():
+            print(f"  {url}")
+    return 0
+
+
 def _remote(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="the hub's URL (default: the one the local config describes)")
     p.add_argument("--token", help="admin token (default: $TELEMETRY_HUB_ADMIN_TOKEN or <data_dir>/admin-token)")
@@ -143,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
     run.add_argument("--data-dir", help="state directory (overrides server.data_dir)")
     run.add_argument("--upstream", help="upstream Sunbird URL (overrides upstream.url)")
+    run.add_argument("--no-discovery", action="store_true", help="do not announce the hub over mDNS")
     run.set_defaults(func=_cmd_run)
 
     sync = sub.add_parser("sync", help="deliver to upstream now and report the outcome")
@@ -156,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     _remote(status)
     status.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the hub's answer")
     status.set_defaults(func=_cmd_status)
+
+    disc = sub.add_parser("discover", help="list the telemetry hubs on this network (mDNS), or this hub's URLs")
+    disc.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
+    disc.add_argument("--self", action="store_true", help="print this hub's own URLs instead (no mDNS)")
+    disc.add_argument("--json", action="store_true", help="machine-readable output")
+    disc.set_defaults(func=_cmd_discover)
 
     dead = sub.add_parser("dead-letter", help="list or re-queue events upstream refused")
     dead.add_argument("action", choices=["list", "requeue"])

@@ -23,10 +23,11 @@ class HubProcess:
     """A hub subprocess on 127.0.0.1 with its own data dir; restartable on the same port."""
 
     def __init__(self, data_dir: Path, *, config: Path | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, discovery: bool = False) -> None:
         self.data_dir = data_dir
         self.config = config
-        self.extra = extra or []
+        # mDNS stays off unless a test asks for it: tests must not announce themselves on a real LAN.
+        self.extra = (extra or []) + ([] if discovery else ["--no-discovery"])
         self.env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None

@@ -45,7 +45,7 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path):
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen([sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data")], env=env, stderr=subprocess.DEVNULL)
+                             "--data-dir", str(tmp_path / "data"), "--no-discovery"], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while not any("READY=1" in d for _, d, _ in got) and time.monotonic() < deadline:
