@@ -271,9 +271,8 @@ def test_address_change_is_announced_without_restart(pair: Pair) -> None:
 
     pair.browse_until(new_only)
     assert adv.popen.poll() is None  # the same process throughout
-    assert [line for line in adv.seen + list(adv.lines.queue) if line.startswith("registered ")] == [
-        f"registered {name}"
-    ]
+    stdout = adv.seen + list(adv.lines.queue)
+    assert [line for line in stdout if line.startswith("registered ")] == [f"registered {name}"]
 
 
 @pytest.mark.netns
