@@ -35,7 +35,7 @@ from . import __version__
 from .admin import AdminGate
 from .config import Config
 from .errors import HubError, ShareFileError, StoreClosed, StoreFull
-from .ingest import json_response, sunbird_error
+from .ingest import sunbird_error
 from .schema import SchemaChecker
 from .share import (
     FORMAT_ARCHIVE,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from hub.app import Hub
 from hub.config import Config, from_dict
+from netns import Lab, NetnsUnavailable
+from upstream import FakeUpstream
 
 
 def hub_config(tmp_path: Path, **sections: dict[str, Any]) -> Config:
@@ -69,3 +72,30 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client (auto_decompress off so gzip bodies go out as given)."""
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    """A real, fault-injecting Sunbird upstream on 127.0.0.1 (seeded, so faults repeat)."""
+    fake = FakeUpstream(seed=7)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """Network namespaces for real multicast tests (root only; CI must not skip them)."""
+    try:
+        Lab.check()
+    except NetnsUnavailable as exc:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the multicast tests, but: {exc}")
+        pytest.skip(str(exc))
+    lab = Lab()
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from netns import Lab, NetnsUnavailable, Proc  # tests/ is on sys.path (pytest's rootdir-relative import)
+from netns import Lab, Proc  # tests/ is on sys.path (pytest's rootdir-relative import)
 
 from hub import discovery
 from hub.discovery import (
@@ -202,21 +201,6 @@ def _event(line: str) -> tuple[str, str]:
 
 def _hub(hubs: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     return next((h for h in hubs if h["name"] == name), None)
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    try:
-        Lab.check()
-    except NetnsUnavailable as exc:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI must run the multicast tests, but: {exc}")
-        pytest.skip(str(exc))
-    lab = Lab()
-    try:
-        yield lab
-    finally:
-        lab.close()
 
 
 def _pair(lab: Lab, *, addresses_a: bool = True) -> Pair:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from netns import Lab, Proc
-from test_discovery import V4_A, V6_A, _pair, lab  # noqa: F401  (fixture reused)
+from test_discovery import V4_A, V6_A, _pair
 
 
 def _hub(lab: Lab, ns: str, data: Path, config: Path) -> Proc:
@@ -34,7 +34,7 @@ def _discover(lab: Lab, ns: str) -> list[dict]:
 
 
 @pytest.mark.netns
-def test_running_hub_is_found_with_every_txt_property(lab: Lab, tmp_path: Path) -> None:  # noqa: F811
+def test_running_hub_is_found_with_every_txt_property(lab: Lab, tmp_path: Path) -> None:
     pair = _pair(lab)
     cfg = tmp_path / "hub.toml"
     cfg.write_text('[server]\nbranch_name = "Govt School Block B"\nport = 9001\n'

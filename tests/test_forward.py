@@ -8,36 +8,8 @@ import time
 
 import pytest
 
-from events import js_request, make_events, mobile_request
-from upstream import FakeUpstream
-
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "probe_interval": 0.2, "timeout": 1.0, "connect_timeout": 0.5}
-
-
-@pytest.fixture
-async def upstream():
-    fake = FakeUpstream(seed=7)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
-
-
-async def send(http, hub, events, did="dev-1") -> None:
-    body, headers = mobile_request(events, did=did)
-    async with http.post(hub.url + "/api/data/v1/telemetry", data=body, headers=headers) as r:
-        assert r.status == 200, await r.text()
-
-
-async def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
+from events import js_request, make_events
+from drive import FAST, send, wait_for
 
 def pending(hub) -> int:
     return hub.rows("SELECT count(*) FROM events WHERE delivered_at IS NULL")[0][0]

@@ -10,46 +10,26 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import hub_config
-from events import js_request, make_events, mobile_request
+from events import js_request, make_events
 from hub import status as status_module
 from hub.discovery import local_urls
 from hub.status import page_needs_token
-from upstream import FakeUpstream
+from drive import FAST as DRIVE_FAST
+from drive import send as post
+from drive import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "probe_interval": 0.2, "timeout": 2.0, "connect_timeout": 0.5,
-        "auth_retry_interval": 300.0}
+FAST = {**DRIVE_FAST, "timeout": 2.0, "auth_retry_interval": 300.0}
 HOSTILE = "<script>alert(1)</script>"
 
 
-@pytest.fixture
-async def upstream():
-    fake = FakeUpstream(seed=3)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
-async def wait_for(cond, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-async def post(http, hub, events, did: str, status: int = 200) -> dict:
-    body, headers = mobile_request(events, did=did)
-    async with http.post(hub.url + "/api/data/v1/telemetry", data=body, headers=headers) as r:
-        assert r.status == status, await r.text()
-        return await r.json()
 
 
 async def populate(start_hub, http, upstream, **sections):

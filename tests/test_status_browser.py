@@ -2,48 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from pathlib import Path
 
-import pytest
 
 from cdp import Browser, chromium_or_skip
-from events import make_events, mobile_request
-from upstream import FakeUpstream
+from events import make_events
+from drive import FAST as DRIVE_FAST
+from drive import send as post
+from drive import wait_for
 
 OUT = Path(__file__).resolve().parents[1] / "bench" / "out"  # gitignored: screenshots to look at
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
 LAPTOP = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "probe_interval": 0.2, "timeout": 2.0, "connect_timeout": 0.5,
-        "auth_retry_interval": 300.0}
+FAST = {**DRIVE_FAST, "timeout": 2.0, "auth_retry_interval": 300.0}
 HOSTILE = "<img src=x onerror=document.title='owned'>"
 
 
-@pytest.fixture
-async def upstream():
-    fake = FakeUpstream(seed=5)
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
-async def post(http, hub, events, did: str) -> None:
-    body, headers = mobile_request(events, did=did)
-    async with http.post(hub.url + "/api/data/v1/telemetry", data=body, headers=headers) as r:
-        assert r.status == 200, await r.text()
 
 
-async def wait_for(cond, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def figure(browser: Browser, element_id: str) -> int:
