@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -72,6 +73,66 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
     server = getattr(site, "_server", None)
     sockets = server.sockets if server is not None else []
     return int(sockets[0].getsockname()[1]) if sockets else configured
+
+
+_BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 44\r\nConnection: close\r\n\r\ntoo many connections; retry in a few seconds")
+
+
+class _LimitedRunner(web.AppRunner):
+    """An AppRunner serving at most server.max_connections connections at once, so memory stays bounded.
+
+    At the limit a new connection takes the place of the oldest idle one (no request in progress:
+    kept alive, or still trickling its headers), else of the oldest one that has been open longer
+    than server.client_timeout (a slow client); only when every connection is busy and young is the
+    new one turned away with a 503. Idle or slow sockets thus cannot lock devices out.
+    """
+
+    def __init__(self, app: web.Application, *, max_connections: int, client_timeout: float, **kwargs: object) -> None:
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        self.max_connections = max_connections
+        self.client_timeout = client_timeout
+        self.shed = 0  # connections closed because of the limit
+        self._born: dict[object, float] = {}
+        self._warned = False
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            self._born[handler] = asyncio.get_running_loop().time()
+            if self.max_connections:
+                self._limit(server, handler)
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            self._born.pop(handler, None)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+        return server
+
+    def _limit(self, server: web.Server, new: Any) -> None:
+        open_ = [h for h, t in server._connections.items() if not t.is_closing()]
+        if len(open_) <= self.max_connections:
+            self._warned = False
+            return
+        now = asyncio.get_running_loop().time()
+        victim = next((h for h in open_ if h is not new and not getattr(h, "_request_in_progress", True)), None)
+        if victim is None and open_[0] is not new and now - self._born.get(open_[0], now) > self.client_timeout:
+            victim = open_[0]
+        if victim is None:
+            victim = new
+            if new.transport is not None:
+                new.transport.write(_BUSY_ANSWER)
+        victim.force_close()
+        self.shed += 1
+        if not self._warned:
+            self._warned = True
+            log.warning("%d connections open, the limit is %d (server.max_connections): closing idle, slow or new "
+                        "connections until fewer are open", len(open_), self.max_connections)
 
 
 class Hub:
@@ -135,8 +196,13 @@ class Hub:
         app.add_routes(status.routes())
         app.add_routes(share.routes())
         app.add_routes(control.routes())
-        self.runner = web.AppRunner(
+        self.runner = _LimitedRunner(
             app,
+            max_connections=self.cfg.server.max_connections,
+            client_timeout=self.cfg.server.client_timeout,
+            # A connection must send its request within server.client_timeout and may idle that long
+            # between requests (aiohttp's default is an hour: slow-header clients would pile up).
+            keepalive_timeout=self.cfg.server.client_timeout,
             auto_decompress=False,  # the ingest handler gunzips itself, with a size cap
             shutdown_timeout=self.cfg.server.shutdown_timeout,
             access_log=None,
@@ -230,6 +296,20 @@ class Hub:
                 "Retry-After": "5", "Connection": "close"})
         self._inflight += 1
         try:
+            if (request.body_exists and request.path not in DEVICE_PATHS  # device bodies: ingest's own timed reader
+                    and not request.content_type.startswith("multipart/")):  # uploads stream to disk
+                # Small bodies (login, admin forms) must arrive within server.client_timeout too, or one
+                # byte a second would hold the connection for good; the handler then reads the cached body.
+                try:
+                    async with asyncio.timeout(self.cfg.server.client_timeout):
+                        await request.read()
+                except TimeoutError:
+                    response = sunbird_error(408, f"body did not arrive within {self.cfg.server.client_timeout:g} s "
+                                                  "(server.client_timeout)")
+                    await response.prepare(request)
+                    await response.write_eof()
+                    request.protocol.force_close()  # no lingering on top
+                    return response
             return await handler(request)
         finally:
             self._inflight -= 1

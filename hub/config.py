@@ -44,7 +44,7 @@ class ServerConfig:
     data_dir: str = ""  # "" = $STATE_DIRECTORY (systemd) or ./telemetry-hub-data
     branch_name: str = ""
     shutdown_timeout: float = 30.0
-    client_timeout: float = 30.0  # a request body must arrive within this (slow clients)
+    client_timeout: float = 30.0  # a request (headers, body) must arrive within this; also the keep-alive idle time
     max_connections: int = 512
     log_level: str = "info"
 
@@ -66,6 +66,7 @@ class LimitsConfig:
     max_decompressed_bytes: int = 10 * MiB
     max_events_per_request: int = 1000
     max_event_bytes: int = 1 * MiB
+    max_buffered_bytes: int = 32 * MiB  # request bodies held in memory at once; over it new ones get 503
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE
 _UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
           "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1024 * GiB, "tb": 1000**4, "tib": 1024 * GiB}
 _SIZE_FIELDS = {"bytes", "max_bytes", "min_free_bytes", "max_body_bytes", "max_decompressed_bytes",
-                "max_event_bytes", "batch_bytes", "daily_byte_budget", "max_file_bytes", "max_uncompressed_bytes"}
+                "max_event_bytes", "max_buffered_bytes", "batch_bytes", "daily_byte_budget", "max_file_bytes",
+                "max_uncompressed_bytes"}
 
 
 def parse_size(value: int | str) -> int:

@@ -33,6 +33,34 @@ _CORS_HEADERS = ", ".join(
     ]
 )
 _READ_CHUNK = 64 * 1024
+# Seconds a device is told to wait when the hub already buffers limits.max_buffered_bytes of bodies.
+_BUSY_RETRY_AFTER_S = 5
+
+
+class _Overloaded(Exception):
+    """Bodies already buffered for other requests use up limits.max_buffered_bytes."""
+
+
+class _Hold:
+    """The bytes one request has buffered, counted against limits.max_buffered_bytes until it is answered."""
+
+    __slots__ = ("ingest", "n")
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.n = 0
+
+    def take(self, n: int) -> None:
+        ing = self.ingest
+        # A request alone is always let through (its own limits bound it), so one big body cannot wedge the hub.
+        if ing.buffered + n > ing.limits.max_buffered_bytes and ing.buffered > self.n:
+            raise _Overloaded
+        ing.buffered += n
+        self.n += n
+
+    def release(self) -> None:
+        self.ingest.buffered -= self.n
+        self.n = 0
 
 
 def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,6 +128,7 @@ class Ingest:
         self.schema = schema if schema is not None else SchemaChecker()
         self.counters = IngestCounters()
         self.observers: list[Callable[[int], None]] = []
+        self.buffered = 0  # body bytes held by requests in progress (limits.max_buffered_bytes)
 
     def routes(self) -> list[web.RouteDef]:
         """The device paths, for the composition root to mount."""
@@ -134,7 +163,11 @@ class Ingest:
 
     async def handle(self, request: web.Request) -> web.Response:
         """POST telemetry: 200 only after the commit holding these events has returned."""
-        response = await self._handle(request)
+        hold = _Hold(self)
+        try:
+            response = await self._handle(request, hold)
+        finally:
+            hold.release()  # after the commit: until then the events' bytes are still in memory
         c = self.counters
         c.requests += 1
         c.by_status[response.status] = c.by_status.get(response.status, 0) + 1
@@ -142,19 +175,29 @@ class Ingest:
             observe(response.status)
         return response
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request, hold: _Hold) -> web.Response:
         if not self.keys.allows(request.headers.get("Authorization")):
             self._client_error("unauthorized")
             return sunbird_error(
                 401, "missing or wrong API key: send 'Authorization: Bearer <key>' with a key this hub knows"
             )
         try:
-            body = await self._read_body(request)
-            meta, items = split_envelope(body)
+            body = await self._read_body(request, hold)
+            meta, items = split_envelope(body, self.limits.max_events_per_request)
         except BadRequest as exc:
             self._client_error("too_large" if exc.status == 413 else "bad_request")
             log.debug("refused request from %s: %s", request.remote, exc)
-            return sunbird_error(exc.status, str(exc))
+            response = sunbird_error(exc.status, str(exc))
+            if exc.status == 408:
+                # No lingering time on top (aiohttp would read on for 10 s): answer, then close at once.
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
+            return response
+        except _Overloaded:
+            log.debug("busy: %d bytes of bodies buffered (limits.max_buffered_bytes)", self.buffered)
+            return sunbird_error(503, "the hub is busy receiving other devices' data; retry in a few seconds",
+                                 headers={"Retry-After": str(_BUSY_RETRY_AFTER_S)})
         params = meta.get("params")
         msgid = params.get("msgid") if isinstance(params, dict) else None
         if not items:
@@ -199,8 +242,8 @@ class Ingest:
     def _client_error(self, kind: str) -> None:
         self.counters.client_errors[kind] = self.counters.client_errors.get(kind, 0) + 1
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        """Read the body within size and time limits, gunzipping as it streams (bombs stop early)."""
+    async def _read_body(self, request: web.Request, hold: _Hold) -> bytes:
+        """Read the body within size, time and memory limits, gunzipping as it streams (bombs stop early)."""
         limit = self.limits.max_body_bytes
         out_limit = self.limits.max_decompressed_bytes
         if request.content_length is not None and request.content_length > limit:
@@ -209,6 +252,9 @@ class Ingest:
                 "send smaller batches",
                 413,
             )
+        if request.content_length and self.buffered + request.content_length > self.limits.max_buffered_bytes:
+            hold.take(request.content_length)  # refuses now unless this is the only request buffering
+            hold.release()
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         if encoding in ("", "identity"):
             inflater = None
@@ -232,6 +278,7 @@ class Ingest:
                             f"body is over the limit of {limit} bytes (limits.max_body_bytes): send smaller batches", 413
                         )
                     if inflater is None:
+                        hold.take(len(chunk))
                         parts.append(chunk)
                         continue
                     while chunk:
@@ -243,6 +290,7 @@ class Ingest:
                                 "(limits.max_decompressed_bytes): send smaller batches",
                                 413,
                             )
+                        hold.take(len(out))
                         parts.append(out)
                         chunk = inflater.unconsumed_tail
                         if inflater.eof:

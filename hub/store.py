@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import sqlite3
@@ -121,6 +122,28 @@ _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _text(value: str | None) -> str | None:
+    """A str SQLite can store: lone surrogates (valid JSON escapes, undecodable X-Device-Id bytes) become U+FFFD.
+
+    sqlite3 raises UnicodeEncodeError on them, which would fail the whole group commit.
+    """
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _real(value: float) -> float:
+    """ets as a REAL: integers beyond 64 bits are valid JSON, but sqlite3 raises OverflowError on them."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,10 +330,26 @@ class Store:
             ticks += 1
             try:
                 await self._refresh_space()
+                if self.stats.full_reason and await self._make_room():
+                    await self._refresh_space()
                 if ticks % _RECOUNT_EVERY == 0:
                     await self.recount()
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, StoreFull) as exc:
                 log.warning("cannot measure the store %s: %s", self.path, exc)
+
+    async def _make_room(self) -> int:
+        """When full, delete delivered events early (upstream has them), so devices are not refused for days.
+
+        Retention is for re-export and investigation; taking new telemetry matters more. Undelivered
+        events are never deleted. Returns how many events were deleted.
+        """
+        if not await self._scalar("SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_delivered"
+                                  " WHERE delivered_at IS NOT NULL)"):
+            return 0
+        n = await self.prune(0)
+        if n:
+            log.warning("store full: deleted %d delivered events before store.retention_days to make room", n)
+        return n
 
     def space_problem(self, incoming: int = 0) -> str | None:
         """Why new data cannot be taken now (cap or free-space floor), or None."""
@@ -443,7 +482,8 @@ class Store:
             total_new = total_dup = total_q = 0
             for p in group:
                 rows = [
-                    (e.mid, p.device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, p.source, e.raw)
+                    (_text(e.mid), _text(p.device or e.did), _text(e.eid), _real(e.ets), _text(e.channel),
+                     _text(e.pdata_id), now_ms, _text(p.source), e.raw)
                     for e in p.checked.events
                 ]
                 new = (await db.executemany(_INSERT_EVENT, rows)).rowcount if rows else 0
@@ -453,10 +493,11 @@ class Store:
                 if q:
                     await db.executemany(
                         "INSERT INTO quarantine (received_at, source, did, mid, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
-                        [(now_ms, p.source, p.device, x.mid, x.reason, x.raw) for x in p.checked.quarantined],
+                        [(now_ms, _text(p.source), _text(p.device), _text(x.mid), x.reason, x.raw)
+                         for x in p.checked.quarantined],
                     )
                 for e in p.checked.events:
-                    did = p.device or e.did
+                    did = _text(p.device or e.did)
                     if did:
                         devices.setdefault(did, [0])[0] += 1
                 for k, v in p.checked.warnings.items():
@@ -492,6 +533,14 @@ class Store:
                     await db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+            if len(group) > 1 and isinstance(exc, Exception) and not isinstance(exc, sqlite3.OperationalError):
+                # Something in one request broke the commit (a bug, odd data): commit each request on its
+                # own, so the others are not refused along with it. Nothing of the group was committed.
+                log.error("store commit of %d requests failed (%s: %s); committing them one by one",
+                          len(group), type(exc).__name__, exc)
+                for p in group:
+                    await self._commit_group([p])
+                return
             err = self._translate(exc)
             for p in group:
                 self._pending_bytes -= p.size

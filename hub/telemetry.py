@@ -97,7 +97,7 @@ def _expect(text: str, i: int, chars: str, what: str) -> int:
     return i
 
 
-def _array_items(text: str, i: int) -> tuple[list[tuple[Any, str]], int]:
+def _array_items(text: str, i: int, max_items: int | None = None) -> tuple[list[tuple[Any, str]], int]:
     """Decode the array starting at text[i] == '[', keeping each element's original text."""
     items: list[tuple[Any, str]] = []
     i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
@@ -106,6 +106,8 @@ def _array_items(text: str, i: int) -> tuple[list[tuple[Any, str]], int]:
     while True:
         obj, end = _value(text, i)
         items.append((obj, text[i:end]))
+        if max_items is not None and len(items) > max_items:
+            raise _too_many(f"over {max_items}", max_items)
         i = _expect(text, end, ",]", "',' or ']'")
         if text[i] == "]":
             return items, i + 1
@@ -122,15 +124,21 @@ def _decode_text(body: bytes) -> str:
 _WSB = re.compile(rb"[ \t\n\r]*")
 
 
-def _split_fast(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
-    """Compact JSON parsed by orjson, or None (see _spans); never raises."""
+def _too_many(count: str, limit: int) -> BadRequest:
+    # Checked while parsing, before any per-event work: a few KB of gzip can hold millions of tiny events.
+    return BadRequest(f"{count} events in one request, over the limit of {limit} "
+                      "(limits.max_events_per_request): send smaller batches", 413)
+
+
+def _split_fast(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
+    """Compact JSON parsed by orjson, or None (see _spans); raises only BadRequest (too many events)."""
     try:
-        return _spans(body)
+        return _spans(body, max_events)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
         return None
 
 
-def _spans(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
+def _spans(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
     """Compact JSON (what JSON.stringify writes) parsed by orjson; None when spans cannot be proven.
 
     Each value is re-serialised and compared with the body at its position, so a span is only
@@ -139,6 +147,8 @@ def _spans(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None
     doc = orjson.loads(body)
     if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
         return None
+    if max_events is not None and len(doc["events"]) > max_events:
+        raise _too_many(str(len(doc["events"])), max_events)
     ws = _WSB.match
     dumps = orjson.dumps
     pos = ws(body, 0).end()
@@ -190,9 +200,12 @@ def _spans(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None
     return doc, items
 
 
-def split_envelope(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]]:
-    """Parse a request envelope; return its other fields and each event with its original bytes."""
-    fast = _split_fast(body)
+def split_envelope(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]]:
+    """Parse a request envelope; return its other fields and each event with its original bytes.
+
+    More than `max_events` events raise BadRequest 413 before any per-event work is done.
+    """
+    fast = _split_fast(body, max_events)
     if fast is not None:
         return fast
     text = _decode_text(body)
@@ -213,7 +226,7 @@ def split_envelope(body: bytes) -> tuple[dict[str, Any], list[tuple[Any, bytes]]
             i = _expect(text, i, ":", "':'")
             i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
             if key == "events" and text.startswith("[", i):
-                items, i = _array_items(text, i)
+                items, i = _array_items(text, i, max_events)
                 meta.pop("events", None)
             else:
                 meta[key], i = _value(text, i)
@@ -249,6 +262,11 @@ def _problem(obj: Any) -> str | None:
     mid = obj.get("mid")
     if not isinstance(mid, str) or not mid:
         return "has no 'mid' string" if mid is None else "'mid' must be a non-empty string"
+    if not mid.isascii():
+        try:
+            mid.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape: two such mids could not be told apart when stored
+            return "'mid' holds invalid Unicode (a lone \\uD800-\\uDFFF escape)"
     if not isinstance(obj.get("eid"), str):
         return "has no 'eid' string" if "eid" not in obj else "'eid' must be a string"
     ets = obj.get("ets")

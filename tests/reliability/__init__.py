@@ -1,0 +1,1 @@
+"""Reliability and security tests: the real hub as a subprocess, real sockets, real files, real faults."""
