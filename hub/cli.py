@@ -33,7 +33,10 @@ def setup_logging(level: str) -> None:
             "formatters": {"line": {"format": fmt}},
             "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
             "root": {"handlers": ["stderr"], "level": level.upper()},
-            "loggers": {"aiohttp.access": {"level": "WARNING"}},
+            # APScheduler logs every job run at INFO: a probe every few seconds would flood the journal.
+            # aiosqlite logs every statement at DEBUG: unreadable even when debugging the hub.
+            "loggers": {"aiohttp.access": {"level": "WARNING"}, "apscheduler": {"level": "WARNING"},
+                        "aiosqlite": {"level": "INFO"}},
         }
     )
 

@@ -7,6 +7,7 @@ import gzip
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import aiohttp
 import orjson
 
 from .config import UpstreamConfig
+from .errors import StoreClosed, StoreFull
 from .store import Batch, Store
 
 __all__ = ["Forwarder", "ForwardState", "Outcome", "parse_windows", "in_window"]
@@ -264,6 +266,11 @@ class Forwarder:
                 await self._step()
             except asyncio.CancelledError:
                 raise
+            except (StoreFull, StoreClosed, sqlite3.OperationalError) as exc:
+                # The disk is full or busy: recording a delivery needs a write. Nothing is lost; wait.
+                self._warn_once("store", f"cannot record deliveries in the store ({exc}); delivery pauses "
+                                         "until the store takes writes again")
+                await self._sleep(max(1.0, self._backoff()))
             except Exception:  # a bug must not end delivery for good: log it, back off, go on
                 log.exception("forwarder error (will retry); please report this")
                 await self._sleep(self._backoff())
