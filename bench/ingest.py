@@ -14,6 +14,7 @@ import asyncio
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--batch-requests", type=int, default=1500, help="requests of 200 gzip events (mobile app)")
     ap.add_argument("--single-requests", type=int, default=20000, help="requests of 1 plain-JSON event")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="alternate baseline and hub this many times; the median ratio is reported "
+                         "(a shared 2-core machine drifts between runs)")
     args = ap.parse_args()
 
     phases = [
@@ -137,29 +141,39 @@ def main() -> None:
         print(f"building {n} distinct {name} bodies ...", flush=True)
         bodies = build_bodies(n, batch, gz)
         results[name] = {}
-        for server in ("baseline", "hub"):
-            port = free_port()
-            with tempfile.TemporaryDirectory() as tmp:
-                if server == "baseline":
-                    cmd = [sys.executable, "-c", BASELINE, str(port)]
-                else:
-                    cmd = [sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
-                           "--data-dir", tmp, "--no-discovery"]
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                try:
-                    wait_up(f"http://127.0.0.1:{port}/health", proc)
-                    r = asyncio.run(drive(f"http://127.0.0.1:{port}/api/data/v1/telemetry", bodies, args.clients, batch))
-                    r["peak_rss_mb"] = peak_rss_mb(proc.pid)
-                finally:
-                    proc.terminate()
-                    proc.wait(60)
-            results[name][server] = r
-            print(f"  {name:14} {server:8} {r['events_per_s']:>9.0f} events/s {r['requests_per_s']:>7.0f} req/s "
-                  f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  peak RSS {r['peak_rss_mb']:5.1f} MB"
-                  f"  errors {r['errors']:.0f}", flush=True)
-        hub, base = results[name]["hub"], results[name]["baseline"]
-        print(f"  {name:14} ratio hub/baseline: {hub['events_per_s'] / base['events_per_s']:.2f}")
+        ratios = []
+        for round_ in range(args.repeat):
+            for server in ("baseline", "hub"):
+                r = run_one(server, bodies, args.clients, batch)
+                results[name][f"{server}-{round_}"] = r
+                print(f"  {name:14} {server:8} {r['events_per_s']:>9.0f} events/s {r['requests_per_s']:>7.0f} req/s "
+                      f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  peak RSS {r['peak_rss_mb']:5.1f} MB"
+                      f"  errors {r['errors']:.0f}", flush=True)
+            ratios.append(results[name][f"hub-{round_}"]["events_per_s"] /
+                          results[name][f"baseline-{round_}"]["events_per_s"])
+        print(f"  {name:14} ratio hub/baseline per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+              f"median {statistics.median(ratios):.2f}")
     print(json.dumps(results, indent=1))
+
+
+def run_one(server: str, bodies: list[tuple[bytes, dict[str, str]]], clients: int, batch: int) -> dict[str, float]:
+    """Start one server (baseline or hub) as a subprocess, drive it, stop it."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        if server == "baseline":
+            cmd = [sys.executable, "-c", BASELINE, str(port)]
+        else:
+            cmd = [sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
+                   "--data-dir", tmp, "--no-discovery"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_up(f"http://127.0.0.1:{port}/health", proc)
+            r = asyncio.run(drive(f"http://127.0.0.1:{port}/api/data/v1/telemetry", bodies, clients, batch))
+            r["peak_rss_mb"] = peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    return r
 
 
 if __name__ == "__main__":
