@@ -152,7 +152,6 @@ class Hub:
         self.hub_id = ""
         self.admin_token = ""
         self._stop = asyncio.Event()
-        self._force = False
         self._draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -339,7 +338,6 @@ class Hub:
     def request_stop(self) -> None:
         """Ask the hub to stop (signal handler); a second request skips the drain."""
         if self._stop.is_set():
-            self._force = True
             log.warning("second stop signal: exiting without waiting for in-flight work")
             os._exit(1)
         self._stop.set()

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import re
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,8 +308,3 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return from_dict(data)
 
-
-# Keep the type-introspection helpers honest: every field type must be one _check knows.
-for _cls in (ServerConfig, AuthConfig, LimitsConfig, StoreConfig, UpstreamConfig, DiscoveryConfig, ShareConfig, TlsConfig):
-    for _name, _hint in typing.get_type_hints(_cls).items():
-        assert _hint in (bool, int, float, str) or typing.get_origin(_hint) in (tuple, dict) or isinstance(_hint, types.UnionType), _name

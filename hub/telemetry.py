@@ -331,8 +331,9 @@ def _now() -> tuple[str, int]:
     return iso, int(now * 1000)
 
 
-def success_body(msgid: Any, result: dict[str, Any]) -> dict[str, Any]:
-    """The Sunbird success envelope, with `ets` so the mobile app can correct its clock."""
+def _envelope(msgid: Any, status: str, err: str | None, errmsg: str | None, code: str,
+              result: dict[str, Any]) -> dict[str, Any]:
+    """The standard Sunbird API envelope, plus `ets` (epoch ms) that the mobile app reads."""
     ts, ets = _now()
     return {
         "id": "api.telemetry",
@@ -342,13 +343,18 @@ def success_body(msgid: Any, result: dict[str, Any]) -> dict[str, Any]:
         "params": {
             "resmsgid": str(uuid.uuid4()),
             "msgid": msgid if isinstance(msgid, str) else None,
-            "status": "successful",
-            "err": None,
-            "errmsg": None,
+            "status": status,
+            "err": err,
+            "errmsg": errmsg,
         },
-        "responseCode": "SUCCESS",
+        "responseCode": code,
         "result": result,
     }
+
+
+def success_body(msgid: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """The Sunbird success envelope, with `ets` so the mobile app can correct its clock."""
+    return _envelope(msgid, "successful", None, None, "SUCCESS", result)
 
 
 _ERR = {
@@ -367,20 +373,5 @@ _ERR = {
 
 def error_body(status: int, errmsg: str, msgid: Any = None) -> dict[str, Any]:
     """The Sunbird error envelope; `errmsg` says what is wrong in words branch IT can act on."""
-    ts, ets = _now()
     err, code = _ERR.get(status, ("ERR_INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR"))
-    return {
-        "id": "api.telemetry",
-        "ver": "1.0",
-        "ts": ts,
-        "ets": ets,
-        "params": {
-            "resmsgid": str(uuid.uuid4()),
-            "msgid": msgid if isinstance(msgid, str) else None,
-            "status": "failed",
-            "err": err,
-            "errmsg": errmsg,
-        },
-        "responseCode": code,
-        "result": {},
-    }
+    return _envelope(msgid, "failed", err, errmsg, code, {})
