@@ -343,7 +343,7 @@ class ShareService:
         if share.device_id:
             # The file's device stands in only where an event names none: a hub's export carries the hub's id,
             # while its events belong to the students' devices that sent them.
-            out.events = [e if e.did else dataclasses.replace(e, did=share.device_id) for e in out.events]
+            out.events = [e if e.did else e._replace(did=share.device_id) for e in out.events]
         return share, out
 
     @staticmethod
