@@ -259,8 +259,10 @@ class Hub:
                 hour, minute = (int(x) for x in window.split("-")[0].split(":"))
                 sched.add_job(forwarder.wake, "cron", hour=hour, minute=minute, id=f"window-{window}")
         retention_s = self.cfg.store.retention_days * 86400
-        sched.add_job(store.prune, "interval", hours=1, args=[retention_s], id="retention", max_instances=1,
-                      coalesce=True, next_run_time=datetime.now() + timedelta(seconds=30))
+        # Hourly for the default week; a short retention is applied in step with itself.
+        every = min(3600.0, max(10.0, retention_s / 4))
+        sched.add_job(store.prune, "interval", seconds=every, args=[retention_s], id="retention", max_instances=1,
+                      coalesce=True, next_run_time=datetime.now() + timedelta(seconds=min(30.0, every)))
         return sched
 
     async def stop(self) -> None:
