@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, HubError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .admin import AdminGate
@@ -77,6 +77,15 @@ def _bound_port(site: web.TCPSite, configured: int) -> int:
 
 _BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 44\r\nConnection: close\r\n\r\ntoo many connections; retry in a few seconds")
+
+
+async def _listen(site: web.TCPSite, where: str, setting: str) -> None:
+    """Start listening, turning 'address in use' and friends into a sentence for branch IT."""
+    try:
+        await site.start()
+    except OSError as exc:
+        raise HubError(f"cannot listen on {where}: {exc.strerror or exc}. Is another telemetry-hub (or another "
+                       f"program) using that port? Stop it, or set {setting} in the config") from None
 
 
 class _LimitedRunner(web.AppRunner):
@@ -210,14 +219,14 @@ class Hub:
         await self.runner.setup()
         host = self.cfg.server.host or None
         site = web.TCPSite(self.runner, host, self.cfg.server.port, reuse_address=True)
-        await site.start()
+        await _listen(site, f"{self.cfg.server.host or '*'}:{self.cfg.server.port}", "server.port")
         self.port = _bound_port(site, self.cfg.server.port)
         shown = self.cfg.server.host or "*"
         log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
         if self.tls is not None:
             tls_site = web.TCPSite(self.runner, host, self.cfg.tls.port, ssl_context=self.tls.context,
                                    reuse_address=True)
-            await tls_site.start()
+            await _listen(tls_site, f"{self.cfg.server.host or '*'}:{self.cfg.tls.port}", "tls.port")
             self.tls_port = _bound_port(tls_site, self.cfg.tls.port)
             log.info("HTTPS on port %d, certificate %s, SHA-256 fingerprint %s (clients can pin it)",
                      self.tls_port, self.tls.cert_path, self.tls.fingerprint)

@@ -104,3 +104,16 @@ async def test_sigterm_answers_every_request_in_flight(tmp_path):
     con.close()
     for _, mids in results:
         assert set(mids) <= stored
+
+
+def test_port_in_use_is_explained_not_a_traceback(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
+                            "--data-dir", str(tmp_path / "data"), "--no-discovery"], capture_output=True, text=True,
+                           timeout=30)
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "server.port" in r.stderr
+    assert "Traceback" not in r.stderr
