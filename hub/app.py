@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -186,12 +187,20 @@ class Hub:
 
     async def start(self) -> None:
         """Open the store, then listen; the order matters: never accept what cannot be stored."""
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        keys = self._secrets()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            keys = self._secrets()
+        except PermissionError as exc:
+            raise HubError(f"cannot write to the data directory {self.data_dir} ({exc.strerror}); "
+                           "set server.data_dir (or --data-dir) to a directory this user can write") from None
         if self.cfg.tls.enabled:  # before anything opens: a bad certificate stops the start cleanly
             self.tls = load_or_create(self.cfg.tls, self.data_dir, self.cfg.server.branch_name)
         self.store = Store(self.data_dir / "hub.db", self.cfg.store)
-        await self.store.open()
+        try:
+            await self.store.open()
+        except sqlite3.DatabaseError as exc:
+            raise HubError(f"cannot open the database {self.store.path} ({exc}). If the file is damaged, move it "
+                           "aside (keep it: its events can be recovered) and start again with an empty one") from None
         ingest = Ingest(self.store, self.cfg.limits, self.cfg.store, keys, self.cfg.server.client_timeout)
         admin = AdminGate(self.admin_token)
         self.forwarder = Forwarder(self.store, self.cfg.upstream, self.cfg.upstream_url, self.hub_id)

@@ -117,3 +117,14 @@ def test_port_in_use_is_explained_not_a_traceback(tmp_path):
     assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "server.port" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_damaged_database_is_explained(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hub.db").write_bytes(b"this is not a database, " * 100)
+    r = subprocess.run([sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(free_port()),
+                        "--data-dir", str(data), "--no-discovery"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "cannot open the database" in r.stderr and "move it aside" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (data / "hub.db").read_bytes().startswith(b"this is not a database")  # left as it was
