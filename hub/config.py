@@ -120,6 +120,7 @@ class ShareConfig:
     max_uncompressed_bytes: int = 500 * MiB
     max_ratio: int = 200
     max_entries: int = 10000
+    max_events: int = 1_000_000  # events in one file (tiny events cost memory far beyond their bytes)
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ class ShareService:
         self.admin = admin
         self.schema = schema
         self.hub_id = hub_id
-        self.limits = ShareLimits.from_config(cfg.share)
+        self.limits: ShareLimits = cfg.share
         self.scratch = cfg.data_dir / "uploads"
         # One import at a time: a file's events sit in memory until committed, and a Pi has little of it.
         self._lock = asyncio.Lock()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -24,6 +23,7 @@ from json.decoder import scanstring
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
+from .config import ShareConfig
 from .errors import ShareFileError
 
 __all__ = [
@@ -64,20 +64,8 @@ _WS = re.compile(r"[ \t\n\r]*")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-@dataclass(frozen=True)
-class ShareLimits:
-    """Caps that keep a hostile or broken file from exhausting a Raspberry Pi."""
-
-    max_file_bytes: int = 100 * MiB
-    max_uncompressed_bytes: int = 500 * MiB
-    max_ratio: int = 200
-    max_entries: int = 10000
-    max_events: int = 1_000_000
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ShareLimits:
-        """Take the same-named fields of the [share] config section, defaults for the rest."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
+# The limits are the [share] config section itself: one set of defaults, in config.py.
+ShareLimits = ShareConfig
 
 
 @dataclass

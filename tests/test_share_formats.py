@@ -81,9 +81,10 @@ def test_real_sample_archive() -> None:
         assert isinstance(obj, dict) and obj["mid"]
 
 
-def test_limits_from_config() -> None:
-    cfg = ShareConfig(max_file_bytes=5, max_ratio=7)
-    assert ShareLimits.from_config(cfg) == ShareLimits(max_file_bytes=5, max_ratio=7)
+def test_limits_are_the_share_config_section() -> None:
+    # One set of defaults: the file layer takes the [share] section as it is.
+    assert ShareLimits is ShareConfig
+    assert ShareLimits().max_events == 1_000_000
 
 
 # ---- archives built from the contract ------------------------------------------------------------------------
