@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -66,6 +67,12 @@ class _LiveCollector(Collector):
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"{_PREFIX}_{name}", doc, value=value)
 
+        def by(name: str, doc: str, label: str, counts: Mapping[Any, float]) -> CounterMetricFamily:
+            family = CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=[label])
+            for key, n in sorted(counts.items()):
+                family.add_metric([str(key)], n)
+            return family
+
         yield counter("events_received", "Events devices and imports sent (new, duplicate and quarantined)",
                       snap.counters.get("received", 0))
         yield counter("events_duplicates", "Events received again (same mid), stored once",
@@ -83,11 +90,7 @@ class _LiveCollector(Collector):
                     0 if m.store.space_problem() else 1)
         yield gauge("store_last_commit_timestamp_seconds", "When the store last committed (0: not yet)",
                     s.last_commit_at)
-        warnings = CounterMetricFamily(f"{_PREFIX}_schema_warnings", "Events breaking the Sunbird v3 schema, by check",
-                                       labels=["check"])
-        for check, n in sorted(s.schema_warnings.items()):
-            warnings.add_metric([check], n)
-        yield warnings
+        yield by("schema_warnings", "Events breaking the Sunbird v3 schema, by check", "check", s.schema_warnings)
 
         st = m.forwarder.state
         link = GaugeMetricFamily(f"{_PREFIX}_upstream_link", "Upstream link state (1 for the current state)",
@@ -95,26 +98,14 @@ class _LiveCollector(Collector):
         for state in LINK_STATES if st.link in LINK_STATES else (*LINK_STATES, st.link):
             link.add_metric([state], 1 if st.link == state else 0)
         yield link
-        errors = CounterMetricFamily(f"{_PREFIX}_upstream_errors", "Failed upstream requests since start, by kind",
-                                     labels=["kind"])
-        for kind, n in sorted(st.errors.items()):
-            errors.add_metric([kind], n)
-        yield errors
+        yield by("upstream_errors", "Failed upstream requests since start, by kind", "kind", st.errors)
         yield gauge("upstream_last_success_timestamp_seconds", "When upstream last accepted a batch (0: not since start)",
                     st.last_success_at or 0)
         yield gauge("upstream_batch_limit_events", "Events per batch upstream currently accepts", st.batch_limit)
 
         c = m.ingest.counters
-        requests = CounterMetricFamily(f"{_PREFIX}_http_requests", "Device telemetry requests answered, by HTTP status",
-                                       labels=["status"])
-        for status, n in sorted(c.by_status.items()):
-            requests.add_metric([str(status)], n)
-        yield requests
-        refused = CounterMetricFamily(f"{_PREFIX}_http_client_errors", "Device requests refused, by reason",
-                                      labels=["reason"])
-        for reason, n in sorted(c.client_errors.items()):
-            refused.add_metric([reason], n)
-        yield refused
+        yield by("http_requests", "Device telemetry requests answered, by HTTP status", "status", c.by_status)
+        yield by("http_client_errors", "Device requests refused, by reason", "reason", c.client_errors)
 
 
 class Metrics:
