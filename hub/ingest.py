@@ -203,14 +203,6 @@ class Ingest:
         if not items:
             self._client_error("bad_request")
             return sunbird_error(400, "'events' is empty: send at least one event", msgid)
-        if len(items) > self.limits.max_events_per_request:
-            self._client_error("too_large")
-            return sunbird_error(
-                413,
-                f"{len(items)} events in one request, over the limit of {self.limits.max_events_per_request} "
-                "(limits.max_events_per_request): send smaller batches",
-                msgid,
-            )
         checked = check_events(
             items, max_event_bytes=self.limits.max_event_bytes, schema=self.schema, strict=self.store_cfg.strict_schema
         )
