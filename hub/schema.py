@@ -43,16 +43,15 @@ class SchemaChecker:
         self._tokens = checks_per_s
         self._stamp = time.monotonic()
 
-    def take_budget(self) -> bool:
-        """Whether a warning-only check fits the CPU budget now (token bucket, one second deep)."""
-        if self._tokens < 1.0:
+    def take_budget(self, wanted: int = 1) -> int:
+        """How many of `wanted` warning-only checks fit the CPU budget now (token bucket, one second deep)."""
+        if self._tokens < wanted:
             now = time.monotonic()
             self._tokens = min(self._rate, self._tokens + (now - self._stamp) * self._rate)
             self._stamp = now
-            if self._tokens < 1.0:
-                return False
-        self._tokens -= 1.0
-        return True
+        granted = min(wanted, int(self._tokens))
+        self._tokens -= granted
+        return granted
 
     def _validator(self, eid: str) -> Callable[[Any], Any] | None:
         if eid not in self._validators:

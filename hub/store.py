@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import os
 import shutil
 import sqlite3
@@ -137,14 +136,6 @@ def _text(value: str | None) -> str | None:
         return value
     except UnicodeEncodeError:
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
-def _real(value: float) -> float:
-    """ets as a REAL: integers beyond 64 bits are valid JSON, but sqlite3 raises OverflowError on them."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
 
 
 def _transaction(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -567,11 +558,10 @@ class Store:
         try:
             for p in group:
                 source = _text(p.source)
-                rows = [
-                    (_text(e.mid), _text(p.device or e.did), _text(e.eid), _real(e.ets), _text(e.channel),
-                     _text(e.pdata_id), now_ms, source, e.raw)
-                    for e in p.checked.events
-                ]
+                device = _text(p.device)
+                # Event fields are already SQLite-safe (see telemetry.Event); only the request's own need care.
+                rows = [(e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source, e.raw)
+                        for e in p.checked.events]
                 quarantine = [(now_ms, source, _text(p.device), _text(x.mid), x.reason, x.raw)
                               for x in p.checked.quarantined]
                 for row in rows:

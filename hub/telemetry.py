@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
@@ -10,8 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from json.decoder import scanstring  # type: ignore[attr-defined]
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
+import msgspec
 import orjson
 
 from .errors import BadRequest
@@ -42,7 +44,8 @@ class Event(NamedTuple):
     """One event that passed the hub's checks, with its bytes exactly as the device sent them.
 
     A NamedTuple, not a frozen dataclass: it is built once per event on the ingest hot path, and a
-    frozen dataclass's __init__ costs several times more.
+    frozen dataclass's __init__ costs several times more. Its strings are valid Unicode and `ets` is
+    a float, so the store binds them as they are.
     """
 
     raw: bytes
@@ -124,83 +127,73 @@ def _decode_text(body: bytes) -> str:
         raise BadRequest(f"body is not valid UTF-8 (bad byte at offset {exc.start})") from None
 
 
-_WSB = re.compile(rb"[ \t\n\r]*")
-
-
 def _too_many(count: str, limit: int) -> BadRequest:
     # Checked while parsing, before any per-event work: a few KB of gzip can hold millions of tiny events.
     return BadRequest(f"{count} events in one request, over the limit of {limit} "
                       "(limits.max_events_per_request): send smaller batches", 413)
 
 
-def _split_fast(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
-    """Compact JSON parsed by orjson, or None (see _spans); raises only BadRequest (too many events)."""
-    try:
-        return _spans(body, max_events)
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError):
-        return None
+class _Pdata(msgspec.Struct, gc=False):
+    id: str | None = None
 
 
-def _spans(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
-    """Compact JSON (what JSON.stringify writes) parsed by orjson; None when spans cannot be proven.
+class _Context(msgspec.Struct, gc=False):
+    """The few context fields the store indexes; msgspec skips the rest without building objects."""
 
-    Each value is re-serialised and compared with the body at its position, so a span is only
-    taken when the bytes match exactly; anything else (spaces, escapes, 1e3) goes the slow way.
+    did: str | None = None
+    channel: str | None = None
+    pdata: _Pdata | None = None
+
+
+class _Head(msgspec.Struct, gc=False):
+    """What the hub needs of every event, typed so that msgspec does the checks in C.
+
+    An event that does not fit (a missing mid, a numeric did, ...) takes the full path, which
+    words the reason or keeps the event as it is.
     """
-    doc = orjson.loads(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
+
+    mid: str
+    eid: str
+    ets: float
+    context: _Context | None = None
+
+
+# An event whose object has not been built (the fast path); check_events reads what it needs from raw.
+UNPARSED: Any = msgspec.UNSET
+_HEAD = msgspec.json.Decoder(_Head)
+_ENVELOPES: dict[int | None, msgspec.json.Decoder[Any]] = {}
+
+
+def _envelope_decoder(max_events: int | None) -> msgspec.json.Decoder[Any]:
+    dec = _ENVELOPES.get(max_events)
+    if dec is None:
+        events_type: Any = list[msgspec.Raw]
+        if max_events is not None:
+            # msgspec stops at the limit, so a body of a million tiny events costs nothing
+            events_type = Annotated[list[msgspec.Raw], msgspec.Meta(max_length=max_events)]
+        fields = [("events", events_type), ("params", Any, msgspec.UNSET)]
+        dec = _ENVELOPES[max_events] = msgspec.json.Decoder(msgspec.defstruct("Envelope", fields))
+    return dec
+
+
+def _split_fast(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]] | None:
+    """The envelope read by msgspec, each event's exact bytes kept, no event objects built; None if unsure.
+
+    Anything msgspec refuses (bad JSON, too many events, odd shapes) goes the slow way, which
+    explains the problem precisely; msgspec does not check UTF-8 inside strings it skips, so that
+    is checked here.
+    """
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        env = _envelope_decoder(max_events).decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    if max_events is not None and len(doc["events"]) > max_events:
-        raise _too_many(str(len(doc["events"])), max_events)
-    ws = _WSB.match
-    dumps = orjson.dumps
-    pos = ws(body, 0).end()
-    if body[pos:pos + 1] != b"{":
-        return None
-    pos += 1
-    items: list[tuple[Any, bytes]] = []
-    for n, (key, value) in enumerate(doc.items()):
-        pos = ws(body, pos).end()
-        if n:
-            if body[pos:pos + 1] != b",":
-                return None
-            pos = ws(body, pos + 1).end()
-        k = dumps(key)
-        if not body.startswith(k, pos):
-            return None
-        pos = ws(body, pos + len(k)).end()
-        if body[pos:pos + 1] != b":":
-            return None
-        pos = ws(body, pos + 1).end()
-        if key != "events":
-            v = dumps(value)
-            if not body.startswith(v, pos):
-                return None
-            pos += len(v)
-            continue
-        if body[pos:pos + 1] != b"[":
-            return None
-        pos += 1
-        for i, event in enumerate(value):
-            pos = ws(body, pos).end()
-            if i:
-                if body[pos:pos + 1] != b",":
-                    return None
-                pos = ws(body, pos + 1).end()
-            v = dumps(event)
-            if not body.startswith(v, pos):
-                return None
-            items.append((event, v))
-            pos += len(v)
-        pos = ws(body, pos).end()
-        if body[pos:pos + 1] != b"]":
-            return None
-        pos += 1
-    pos = ws(body, pos).end()
-    if body[pos:pos + 1] != b"}" or ws(body, pos + 1).end() != len(body):
-        return None
-    del doc["events"]
-    return doc, items
+    meta = {} if env.params is msgspec.UNSET else {"params": env.params}
+    return meta, [(UNPARSED, bytes(raw)) for raw in env.events]
 
 
 def split_envelope(body: bytes, max_events: int | None = None) -> tuple[dict[str, Any], list[tuple[Any, bytes]]]:
@@ -279,7 +272,51 @@ def _problem(obj: Any) -> str | None:
 
 
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string field as SQLite can store it (lone surrogates become U+FFFD), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    if value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:  # a valid JSON escape such as \ud800, which sqlite3 cannot encode
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _float(value: int | float) -> float:
+    """ets as a float: integers beyond 64 bits are valid JSON, but sqlite3 cannot bind them."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _parse(raw: bytes) -> Any:
+    """An event's full JSON (orjson; the stdlib for what orjson refuses, e.g. integers over 64 bits)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _DECODER.decode(raw.decode("utf-8"))
+
+
+_new = tuple.__new__
+
+
+def _fast_event(raw: bytes) -> Event | None:
+    """The Event for a well-formed event read without building its object, or None (take the full path)."""
+    try:
+        head = _HEAD.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if not head.mid:
+        return None
+    ctx = head.context
+    if ctx is None:
+        return _new(Event, (raw, head.mid, head.eid, head.ets, None, None, None))
+    pdata = ctx.pdata
+    return _new(Event, (raw, head.mid, head.eid, head.ets, ctx.did or None, ctx.channel or None,
+                        pdata.id or None if pdata is not None else None))
 
 
 def check_events(
@@ -289,16 +326,35 @@ def check_events(
     schema: SchemaChecker | None,
     strict: bool,
 ) -> Checked:
-    """Sort a request's events into stored and quarantined, counting full-schema warnings."""
+    """Sort a request's events into stored and quarantined, counting full-schema warnings.
+
+    An item's object may be UNPARSED (the fast path): then only the fields the hub needs are read,
+    and the whole object is built just for the events the schema check samples.
+    """
     out = Checked()
+    items = items if isinstance(items, list) else list(items)
+    # Strict mode checks every event; otherwise warnings stay within a CPU budget, taken per request.
+    sampled = 0 if schema is None else len(items) if strict else schema.take_budget(len(items))
     for index, (obj, raw) in enumerate(items):
+        sample = index < sampled
+        if obj is UNPARSED:
+            event = None if sample or len(raw) > max_event_bytes else _fast_event(raw)
+            if event is not None:
+                if schema is not None:
+                    out.unchecked += 1
+                out.events.append(event)
+                continue
+            try:
+                obj = _parse(raw)
+            except (ValueError, RecursionError) as exc:  # e.g. a 50,000-digit number: JSON, but not readable here
+                out.quarantined.append(Quarantined(index, f"event {index} cannot be read as JSON ({exc})", raw))
+                continue
         reason = _problem(obj)
         mid = obj.get("mid") if isinstance(obj, dict) and isinstance(obj.get("mid"), str) else None
         if reason is None and len(raw) > max_event_bytes:
             reason = f"is {len(raw)} bytes, over the {max_event_bytes}-byte limit for one event"
         if reason is None and schema is not None:
-            # Strict mode checks every event; otherwise warnings stay within a CPU budget.
-            if not strict and not schema.take_budget():
+            if not sample:
                 out.unchecked += 1
                 violation = None
             else:
@@ -318,8 +374,8 @@ def check_events(
             Event(
                 raw=raw,
                 mid=obj["mid"],
-                eid=obj["eid"],
-                ets=obj["ets"],
+                eid=_str(obj["eid"]) or "",
+                ets=_float(obj["ets"]),
                 did=_str(ctx.get("did")),
                 channel=_str(ctx.get("channel")),
                 pdata_id=_str(pdata.get("id")) if isinstance(pdata, dict) else None,
