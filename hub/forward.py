@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -129,6 +130,8 @@ class Forwarder:
         self._link_up = asyncio.Event()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._marking: asyncio.Task[None] | None = None  # the last batch's delivery being committed
+        self._marking_id = 0
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._failures = 0
@@ -261,6 +264,13 @@ class Forwarder:
     # ---- the loop --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            with contextlib.suppress(Exception):
+                await self._settle()
+
+    async def _loop(self) -> None:
         while not self._stopping:
             try:
                 await self._step()
@@ -287,8 +297,11 @@ class Forwarder:
             await self._wait_link()
             return
         self._wake.clear()  # before looking, so a commit landing after the look still wakes us
-        batch, self._next = self._next or await self._prepare(None), None
+        batch, self._next = self._next or await self._prepare(self._busy()), None
         if batch is None:
+            if self._marking is not None:
+                await self._settle()
+                return  # look again now that the last batch is recorded (had that failed, it is resent)
             self.state.waiting_for = None
             self._idle.set()
             if self._stopping:
@@ -350,13 +363,13 @@ class Forwarder:
         ceiling = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(self._failures, 30)))
         return random.uniform(0, ceiling)
 
-    async def _prepare(self, exclude: int | None) -> _Prepared | None:
+    async def _prepare(self, exclude: Collection[int] = ()) -> _Prepared | None:
         """Take the next batch from the store and encode it (runs while the previous one is in flight)."""
         limit = self.state.batch_limit
-        batch = await self.store.open_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude=exclude)
-        if batch is None:
+        taken = await self.store.take_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude)
+        if taken is None:
             return None
-        rows = await self.store.batch_events(batch.id)
+        batch, rows = taken
         if not rows:
             await self.store.mark_delivered(batch.id)  # emptied before a crash: just close it
             return None
@@ -383,12 +396,13 @@ class Forwarder:
         return _Prepared(batch, rows, body, headers)
 
     async def _deliver(self, current: _Prepared) -> None:
-        """Send one batch while the next one is prepared, then act on upstream's answer."""
+        """Send one batch while the next one is prepared and the previous one is marked delivered."""
         if len(current.rows) > self.state.batch_limit:  # the limit shrank (413) after it was prepared
+            await self._settle()
             await self.store.release_tail(current.batch.id, self.state.batch_limit)
-            self._next = await self._prepare(None)
+            self._next = await self._prepare()
             return
-        ahead = asyncio.create_task(self._prepare(exclude=current.batch.id))
+        ahead = asyncio.create_task(self._prepare(exclude=[current.batch.id, *self._busy()]))
         started = time.monotonic()
         try:
             outcome, wire = await self._send(current)
@@ -398,12 +412,28 @@ class Forwarder:
             except Exception:  # the next batch is simply prepared again on the next step
                 log.exception("preparing the next upstream batch failed; will retry")
                 self._next = None
+            await self._settle()
         elapsed = time.monotonic() - started
         self.state.last_batch_s = elapsed
         self.state.sent_bytes_today += wire
         for observe in self.observers:
             observe(outcome.kind, outcome, len(current.rows), elapsed)
         await self._handle(current.batch, current.rows, outcome)
+
+    def _busy(self) -> list[int]:
+        """The batch whose delivery is being committed: not to be picked up and sent again meanwhile."""
+        return [self._marking_id] if self._marking is not None else []
+
+    async def _settle(self) -> None:
+        """Wait for the previous batch's delivery to be committed (it runs alongside the next send)."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await marking
+
+    async def _mark_delivered(self, batch: Batch) -> None:
+        """Commit upstream's 2xx for a batch; if that fails the batch is simply sent again (same msgid)."""
+        n = await self.store.mark_delivered(batch.id)
+        self.state.delivered += n
 
     async def _send(self, p: _Prepared) -> tuple[Outcome, int]:
         body, headers = p.body, dict(p.headers)
@@ -445,8 +475,8 @@ class Forwarder:
     async def _handle(self, batch: Batch, rows: list[tuple[int, str, bytes]], o: Outcome) -> None:
         s = self.state
         if o.kind == "ok":
-            n = await self.store.mark_delivered(batch.id)
-            s.delivered += n
+            # Committed while the next batch is sent; _settle() waits for it before anything else looks.
+            self._marking, self._marking_id = asyncio.create_task(self._mark_delivered(batch)), batch.id
             s.last_success_at = time.time()
             if s.link != "up":
                 log.info("upstream accepts telemetry again (link %s -> up)", s.link)

@@ -46,8 +46,23 @@ async def test_batches_are_sent_as_the_mobile_app_sends_them(start_hub, http, up
         assert json.loads(raw[e["mid"]]) == e
     assert sorted(upstream.received_mids) == sorted(upstream.mids)  # no duplicates without faults
     s = hub.hub.forwarder.state
-    assert s.link == "up" and s.delivered == 280 and s.last_success_at
+    await wait_for(lambda: s.delivered == 280, 5, "the forwarder's count to catch up with the store")
+    assert s.link == "up" and s.last_success_at
     assert hub.hub.store.stats.backlog == 0
+
+
+async def test_a_long_backlog_goes_up_once_per_event_and_batch(start_hub, http, upstream):
+    """The next batch is sent while the last one's delivery is being committed: none may go twice."""
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "batch_events": 20})
+    events = make_events(3000)
+    for i in range(0, len(events), 200):
+        await send(http, hub, events[i:i + 200])
+    await settle(hub, upstream, {e["mid"] for e in events}, timeout=60)
+    assert sorted(upstream.received_mids) == sorted(e["mid"] for e in events)  # each event once
+    msgids = [b.msgid for b in upstream.batches]
+    assert len(msgids) == len(set(msgids)) >= 150
+    await wait_for(lambda: hub.hub.forwarder.state.delivered == 3000, 5, "delivered count")
+    assert hub.rows("SELECT count(*) FROM batches") == [(0,)]
 
 
 async def test_new_events_reach_upstream_within_seconds(start_hub, http, upstream):
