@@ -119,9 +119,27 @@ _MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw) VALUES "
 )
+_EVENT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CHUNK = 64  # rows per statement: 576 parameters, well under SQLite's limit
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
+    """Insert event rows, skipping known mids; return how many were new.
+
+    Many rows per statement, not executemany: sqlite3 releases and retakes the GIL around every
+    statement it steps, so one row per statement meant one GIL hand-over per event between the
+    writer thread and the event loop (measured under the batch benchmark: writer thread CPU 54% ->
+    43-48% for the same rate). Statement texts come in at most _INSERT_CHUNK sizes, so sqlite3's
+    statement cache keeps them.
+    """
+    new = 0
+    for i in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[i:i + _INSERT_CHUNK]
+        sql = _INSERT_EVENT + ", ".join([_EVENT_VALUES] * len(chunk))
+        new += max(conn.execute(sql, [v for row in chunk for v in row]).rowcount, 0)
+    return new
 
 
 def _text(value: str | None) -> str | None:
@@ -166,7 +184,7 @@ def _apply_group(conn: sqlite3.Connection, plan: list[_RequestPlan], devices: di
     try:
         news: list[int] = []
         for rows, quarantine, extra in plan:
-            news.append(max(conn.executemany(_INSERT_EVENT, rows).rowcount, 0) if rows else 0)
+            news.append(_insert_events(conn, rows) if rows else 0)
             if quarantine:
                 conn.executemany(
                     "INSERT INTO quarantine (received_at, source, did, mid, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",

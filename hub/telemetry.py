@@ -384,10 +384,16 @@ def check_events(
     return out
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, reused: every answer carries a ts
+
+
 def _now() -> tuple[str, int]:
-    now = time.time()
-    iso = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return iso, int(now * 1000)
+    """(ISO 8601 UTC with milliseconds, epoch ms) for an answer's ts and ets."""
+    ms = int(time.time() * 1000)
+    sec, rest = divmod(ms, 1000)
+    if _second[0] != sec:
+        _second[:] = [sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_second[1]}.{rest:03d}Z", ms
 
 
 def _envelope(msgid: Any, status: str, err: str | None, errmsg: str | None, code: str,

@@ -119,6 +119,20 @@ async def test_duplicates_are_stored_once_and_counted(start_hub, http):
     assert hub.rows("SELECT value FROM counters WHERE name='duplicates'") == [(6,)]
 
 
+async def test_duplicates_across_insert_chunks_are_counted_per_request(start_hub, http):
+    """Rows go to SQLite many per statement: the per-request counts must still be exact."""
+    hub = await start_hub()
+    first = make_events(150)
+    body, headers = mobile_request(first)
+    assert (await post(http, hub, body, headers))[0] == 200
+    mixed = first[100:] + make_events(70) + first[:100] + first[:5]  # 70 new among 155 known, in 225 rows
+    body, headers = mobile_request(mixed)
+    status, answer, _ = await post(http, hub, body, headers)
+    assert status == 200
+    assert answer["result"]["accepted"] == 70 and answer["result"]["duplicates"] == 155
+    assert hub.rows("SELECT count(*), count(DISTINCT mid) FROM events") == [(220, 220)]
+
+
 BAD_BODIES = [
     (b"", {}, 400, "ERR_BAD_REQUEST", "empty"),
     (b"not json", {}, 400, "ERR_BAD_REQUEST", "not a JSON object"),
