@@ -27,6 +27,19 @@ async def test_wal_and_full_sync(tmp_path):
         await store.close()
 
 
+async def test_wal_is_checkpointed_in_larger_steps_within_the_cap(tmp_path):
+    """32 MiB of WAL between checkpoints by default, but never more than 1/16 of a small cap."""
+    for max_bytes, want in ((StoreConfig().max_bytes, 32 * 2**20), (128 * 2**20, 8 * 2**20), (2**20, 4 * 2**20)):
+        store = Store(tmp_path / f"hub-{max_bytes}.db", StoreConfig(max_bytes=max_bytes))
+        await store.open()
+        try:
+            pages = await (await store._db.execute("PRAGMA wal_autocheckpoint")).fetchone()  # type: ignore[union-attr]
+            limit = await (await store._db.execute("PRAGMA journal_size_limit")).fetchone()  # type: ignore[union-attr]
+            assert (pages[0] * 4096, limit[0]) == (want, want)
+        finally:
+            await store.close()
+
+
 async def test_migrates_a_version_1_database_keeping_its_events(tmp_path):
     path = tmp_path / "hub.db"
     con = sqlite3.connect(path)
