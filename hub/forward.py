@@ -132,6 +132,7 @@ class Forwarder:
         self._task: asyncio.Task[None] | None = None
         self._marking: asyncio.Task[None] | None = None  # the last batch's delivery being committed
         self._marking_id = 0
+        self._to_mark: Batch | None = None  # answered 2xx, its record not yet started
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._failures = 0
@@ -299,7 +300,7 @@ class Forwarder:
         self._wake.clear()  # before looking, so a commit landing after the look still wakes us
         batch, self._next = self._next or await self._prepare(self._busy()), None
         if batch is None:
-            if self._marking is not None:
+            if self._marking is not None or self._to_mark is not None:
                 await self._settle()
                 return  # look again now that the last batch is recorded (had that failed, it is resent)
             self.state.waiting_for = None
@@ -403,6 +404,8 @@ class Forwarder:
             self._next = await self._prepare()
             return
         ahead = asyncio.create_task(self._prepare(exclude=[current.batch.id, *self._busy()]))
+        # Queued after the next batch's take: the writer records the last delivery while gzip runs.
+        self._start_marking()
         started = time.monotonic()
         try:
             outcome, wire = await self._send(current)
@@ -422,10 +425,16 @@ class Forwarder:
 
     def _busy(self) -> list[int]:
         """The batch whose delivery is being committed: not to be picked up and sent again meanwhile."""
-        return [self._marking_id] if self._marking is not None else []
+        return [self._marking_id] if self._marking is not None or self._to_mark is not None else []
+
+    def _start_marking(self) -> None:
+        if self._to_mark is not None:
+            self._marking = asyncio.create_task(self._mark_delivered(self._to_mark))
+            self._to_mark = None
 
     async def _settle(self) -> None:
         """Wait for the previous batch's delivery to be committed (it runs alongside the next send)."""
+        self._start_marking()
         marking, self._marking = self._marking, None
         if marking is not None:
             await marking
@@ -476,7 +485,7 @@ class Forwarder:
         s = self.state
         if o.kind == "ok":
             # Committed while the next batch is sent; _settle() waits for it before anything else looks.
-            self._marking, self._marking_id = asyncio.create_task(self._mark_delivered(batch)), batch.id
+            self._to_mark, self._marking_id = batch, batch.id
             s.last_success_at = time.time()
             if s.link != "up":
                 log.info("upstream accepts telemetry again (link %s -> up)", s.link)
