@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import gzip
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -99,9 +100,11 @@ async def drain(fake: FakeUpstream, n: int, tmp: Path) -> tuple[float, float]:
         for line in Path(f"/proc/{hub.proc.pid}/status").read_text().splitlines():  # type: ignore[union-attr]
             if line.startswith("VmHWM:"):
                 rss = int(line.split()[1]) / 1024
+        fields = Path(f"/proc/{hub.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[union-attr]
+        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, whole life
     finally:
         await asyncio.to_thread(hub.terminate)
-    return elapsed, rss
+    return elapsed, rss, cpu_s
 
 
 async def latency(fake: FakeUpstream, rate: int, seconds: int, tmp: Path) -> list[float]:
@@ -159,10 +162,11 @@ async def main() -> None:
             base = await upstream_capacity(fake, 300)
             fake.clear()
             print(f"upstream capacity (bare client, 1 batch of 200 in flight): {base:,.0f} events/s", flush=True)
-            elapsed, rss = await drain(fake, args.backlog, tmp)
+            elapsed, rss, cpu_s = await drain(fake, args.backlog, tmp)
             rate = args.backlog / elapsed
             print(f"hub drains a backlog of {args.backlog:,} events: {rate:,.0f} events/s "
-                  f"({rate / base:.2f} of the upstream's capacity), peak RSS {rss:.0f} MB", flush=True)
+                  f"({rate / base:.2f} of the upstream's capacity), peak RSS {rss:.0f} MB, "
+                  f"hub CPU {cpu_s / args.backlog * 1e6:.0f} us per event (start-up included)", flush=True)
             fake.clear()
             lat = await latency(fake, args.rate, args.seconds, tmp)
             if lat:

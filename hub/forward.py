@@ -130,9 +130,7 @@ class Forwarder:
         self._link_up = asyncio.Event()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._marking: asyncio.Task[None] | None = None  # the last batch's delivery being committed
-        self._marking_id = 0
-        self._to_mark: Batch | None = None  # answered 2xx, its record not yet started
+        self._to_mark: Batch | None = None  # answered 2xx, not yet recorded in the store
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._failures = 0
@@ -298,11 +296,11 @@ class Forwarder:
             await self._wait_link()
             return
         self._wake.clear()  # before looking, so a commit landing after the look still wakes us
-        batch, self._next = self._next or await self._prepare(self._busy()), None
+        if self._next is None:
+            record, self._to_mark = self._to_mark, None
+            self._next = await self._prepare(record=record)
+        batch, self._next = self._next, None
         if batch is None:
-            if self._marking is not None or self._to_mark is not None:
-                await self._settle()
-                return  # look again now that the last batch is recorded (had that failed, it is resent)
             self.state.waiting_for = None
             self._idle.set()
             if self._stopping:
@@ -364,13 +362,19 @@ class Forwarder:
         ceiling = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(self._failures, 30)))
         return random.uniform(0, ceiling)
 
-    async def _prepare(self, exclude: Collection[int] = ()) -> _Prepared | None:
-        """Take the next batch from the store and encode it (runs while the previous one is in flight)."""
+    async def _prepare(self, exclude: Collection[int] = (), record: Batch | None = None) -> _Prepared | None:
+        """Record the last acknowledged batch, take the next one and encode it (while one is in flight).
+
+        If this fails, `record` stays open in the store and is sent again with its msgid: a duplicate
+        upstream discards, never a loss.
+        """
         limit = self.state.batch_limit
-        taken = await self.store.take_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude)
-        if taken is None:
+        taken = await self.store.take_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude,
+                                            delivered=record.id if record is not None else None)
+        self.state.delivered += taken.delivered
+        if taken.batch is None:
             return None
-        batch, rows = taken
+        batch, rows = taken.batch, taken.rows
         if not rows:
             await self.store.mark_delivered(batch.id)  # emptied before a crash: just close it
             return None
@@ -403,9 +407,9 @@ class Forwarder:
             await self.store.release_tail(current.batch.id, self.state.batch_limit)
             self._next = await self._prepare()
             return
-        ahead = asyncio.create_task(self._prepare(exclude=[current.batch.id, *self._busy()]))
-        # Queued after the next batch's take: the writer records the last delivery while gzip runs.
-        self._start_marking()
+        # The previous batch's 2xx is committed together with taking the next one, while this one is sent.
+        record, self._to_mark = self._to_mark, None
+        ahead = asyncio.create_task(self._prepare(exclude=[current.batch.id], record=record))
         started = time.monotonic()
         try:
             outcome, wire = await self._send(current)
@@ -415,7 +419,6 @@ class Forwarder:
             except Exception:  # the next batch is simply prepared again on the next step
                 log.exception("preparing the next upstream batch failed; will retry")
                 self._next = None
-            await self._settle()
         elapsed = time.monotonic() - started
         self.state.last_batch_s = elapsed
         self.state.sent_bytes_today += wire
@@ -423,26 +426,11 @@ class Forwarder:
             observe(outcome.kind, outcome, len(current.rows), elapsed)
         await self._handle(current.batch, current.rows, outcome)
 
-    def _busy(self) -> list[int]:
-        """The batch whose delivery is being committed: not to be picked up and sent again meanwhile."""
-        return [self._marking_id] if self._marking is not None or self._to_mark is not None else []
-
-    def _start_marking(self) -> None:
-        if self._to_mark is not None:
-            self._marking = asyncio.create_task(self._mark_delivered(self._to_mark))
-            self._to_mark = None
-
     async def _settle(self) -> None:
-        """Wait for the previous batch's delivery to be committed (it runs alongside the next send)."""
-        self._start_marking()
-        marking, self._marking = self._marking, None
-        if marking is not None:
-            await marking
-
-    async def _mark_delivered(self, batch: Batch) -> None:
-        """Commit upstream's 2xx for a batch; if that fails the batch is simply sent again (same msgid)."""
-        n = await self.store.mark_delivered(batch.id)
-        self.state.delivered += n
+        """Record an acknowledged batch now, when no next batch is taken to carry it (stop, 413)."""
+        record, self._to_mark = self._to_mark, None
+        if record is not None:
+            self.state.delivered += await self.store.mark_delivered(record.id)
 
     async def _send(self, p: _Prepared) -> tuple[Outcome, int]:
         body, headers = p.body, dict(p.headers)
@@ -484,8 +472,8 @@ class Forwarder:
     async def _handle(self, batch: Batch, rows: list[tuple[int, str, bytes]], o: Outcome) -> None:
         s = self.state
         if o.kind == "ok":
-            # Committed while the next batch is sent; _settle() waits for it before anything else looks.
-            self._to_mark, self._marking_id = batch, batch.id
+            # Committed with the next batch's take (see _deliver), or by _settle() when there is none.
+            self._to_mark = batch
             s.last_success_at = time.time()
             if s.link != "up":
                 log.info("upstream accepts telemetry again (link %s -> up)", s.link)

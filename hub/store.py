@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import aiosqlite
 
@@ -21,7 +21,7 @@ from .config import StoreConfig
 from .errors import StoreClosed, StoreFull
 from .telemetry import Checked
 
-__all__ = ["AddResult", "Batch", "Store", "StoreStats", "SCHEMA_VERSION"]
+__all__ = ["AddResult", "Batch", "Store", "StoreStats", "SCHEMA_VERSION", "Taken"]
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,36 @@ class Batch:
     msgid: str
     channel: str | None
     pdata_id: str | None
+
+
+class Taken(NamedTuple):
+    """What take_batch found: the batch to send (None: nothing waits) and how many it recorded delivered."""
+
+    batch: Batch | None
+    rows: list[tuple[int, str, bytes]]
+    delivered: int
+
+
+def _record_delivery(conn: sqlite3.Connection, batch_id: int, now: int) -> int:
+    """Mark a batch's events delivered and close the batch, inside the caller's transaction."""
+    cur = conn.execute(
+        "UPDATE events INDEXED BY events_batch SET delivered_at = ? WHERE batch_id = ? AND delivered_at IS NULL",
+        (now, batch_id),
+    )
+    n = max(cur.rowcount, 0)
+    conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+    if n:
+        conn.execute(
+            "INSERT INTO hourly (hour, kind, n) VALUES (?, 'delivered', ?)"
+            " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
+            (now // 3_600_000, n),
+        )
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES ('delivered', ?)"
+            " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (n,),
+        )
+    return n
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,19 +684,26 @@ class Store:
     # ---- upstream delivery -----------------------------------------------------------------
 
     async def take_batch(
-        self, max_events: int, max_bytes: int, exclude: Collection[int] = ()
-    ) -> tuple[Batch, list[tuple[int, str, bytes]]] | None:
+        self, max_events: int, max_bytes: int, exclude: Collection[int] = (), delivered: int | None = None
+    ) -> Taken:
         """The batch to send next with its (seq, mid, raw) rows: an unfinished one (same msgid as before), else a new one.
 
         A new batch holds pending events of one channel and one producer (upstream stamps the
         whole request with one X-Channel-Id / X-App-Id), oldest first, within both limits. Its
         msgid is committed before it is sent, so every retry, even after a crash, reuses it.
-        Batches in `exclude` (in flight, or being marked delivered) are left alone. One round trip
-        to the writer's thread; only this batch's rows are read, never the backlog.
+        Batches in `exclude` (in flight) are left alone. `delivered` is a batch upstream has just
+        acknowledged: it is recorded in the same transaction (one commit per batch, not two). One
+        round trip to the writer's thread; only this batch's rows are read, never the backlog.
         """
         skip = tuple(exclude)
+        now = int(time.time() * 1000)
 
-        def job(conn: sqlite3.Connection) -> tuple[Batch, list[tuple[int, str, bytes]]] | None:
+        def job(conn: sqlite3.Connection) -> Taken:
+            n = _record_delivery(conn, delivered, now) if delivered is not None else 0
+            found = take(conn)
+            return Taken(*found, n) if found else Taken(None, [], n)
+
+        def take(conn: sqlite3.Connection) -> tuple[Batch, list[tuple[int, str, bytes]]] | None:
             not_in = f" WHERE id NOT IN ({','.join('?' * len(skip))})" if skip else ""
             row = conn.execute(
                 f"SELECT id, msgid, channel, pdata_id FROM batches{not_in} ORDER BY id LIMIT 1", skip
@@ -712,33 +749,15 @@ class Store:
                 )
             return Batch(batch_id, msgid, channel, pdata_id), rows
 
-        return await self.write(job)
+        taken = await self.write(job)
+        self.stats.backlog -= taken.delivered
+        self.stats.delivered += taken.delivered
+        return taken
 
     async def mark_delivered(self, batch_id: int) -> int:
         """Record upstream's 2xx for a batch (committed before anything else happens); return the count."""
         now = int(time.time() * 1000)
-
-        def job(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE events INDEXED BY events_batch SET delivered_at = ? WHERE batch_id = ? AND delivered_at IS NULL",
-                (now, batch_id),
-            )
-            n = max(cur.rowcount, 0)
-            conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-            if n:
-                conn.execute(
-                    "INSERT INTO hourly (hour, kind, n) VALUES (?, 'delivered', ?)"
-                    " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
-                    (now // 3_600_000, n),
-                )
-                conn.execute(
-                    "INSERT INTO counters (name, value) VALUES ('delivered', ?)"
-                    " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    (n,),
-                )
-            return n
-
-        n = await self.write(job)
+        n = await self.write(lambda conn: _record_delivery(conn, batch_id, now))
         self.stats.backlog -= n
         self.stats.delivered += n
         return n
