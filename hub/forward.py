@@ -102,6 +102,14 @@ def in_window(windows: list[tuple[int, int]], now: datetime) -> bool:
     return False
 
 
+_BYTES_COUNTER = "upstream_bytes:"  # + local date: bytes sent upstream that day (upstream.daily_byte_budget)
+
+
+def _today(now: datetime | None = None) -> str:
+    """The local date, the day upstream.daily_byte_budget counts in."""
+    return (now or datetime.now()).strftime("%Y-%m-%d")
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -131,6 +139,7 @@ class Forwarder:
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._to_mark: Batch | None = None  # answered 2xx, not yet recorded in the store
+        self._unsaved_bytes = 0  # sent today but not yet added to the store's counter
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
         self._failures = 0
@@ -151,6 +160,11 @@ class Forwarder:
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout, sock_connect=self.cfg.connect_timeout)
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=True)
         self._link_up.set()  # assume up until a request says otherwise
+        # Bytes sent today survive a restart, so a crash-looping hub cannot overspend a metered link.
+        today = _today()
+        self.state.budget_day = today
+        self.state.sent_bytes_today = await self.store.counter(_BYTES_COUNTER + today)
+        await self.store.drop_counters(_BYTES_COUNTER, keep=_BYTES_COUNTER + today)
         self.store.on_commit(self.wake)
         self._task = asyncio.create_task(self._run(), name="forwarder")
         log.info("forwarding to %s as device %s", self.url, self.device_id)
@@ -268,6 +282,8 @@ class Forwarder:
         finally:
             with contextlib.suppress(Exception):
                 await self._settle()
+                if self._unsaved_bytes:
+                    await self.store.add_counters(self._unsaved())
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -325,7 +341,7 @@ class Forwarder:
         if not in_window(self.windows, now):
             return f"an upload window ({', '.join(self.cfg.upload_windows)})"
         if self.cfg.daily_byte_budget:
-            today = now.strftime("%Y-%m-%d")
+            today = _today(now)
             if self.state.budget_day != today:
                 self.state.budget_day, self.state.sent_bytes_today = today, 0
             if self.state.sent_bytes_today >= self.cfg.daily_byte_budget:
@@ -369,8 +385,14 @@ class Forwarder:
         upstream discards, never a loss.
         """
         limit = self.state.batch_limit
-        taken = await self.store.take_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude,
-                                            delivered=record.id if record is not None else None)
+        counters = self._unsaved()
+        try:
+            taken = await self.store.take_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude,
+                                                delivered=record.id if record is not None else None,
+                                                counters=counters)
+        except BaseException:
+            self._unsaved_bytes += sum(counters.values())  # saved with the next write instead
+            raise
         self.state.delivered += taken.delivered
         if taken.batch is None:
             return None
@@ -422,9 +444,15 @@ class Forwarder:
         elapsed = time.monotonic() - started
         self.state.last_batch_s = elapsed
         self.state.sent_bytes_today += wire
+        self._unsaved_bytes += wire
         for observe in self.observers:
             observe(outcome.kind, outcome, len(current.rows), elapsed)
         await self._handle(current.batch, current.rows, outcome)
+
+    def _unsaved(self) -> dict[str, int]:
+        """Bytes sent since the last save, as a counter update for the store's next write (and reset)."""
+        n, self._unsaved_bytes = self._unsaved_bytes, 0
+        return {_BYTES_COUNTER + _today(): n} if n else {}
 
     async def _settle(self) -> None:
         """Record an acknowledged batch now, when no next batch is taken to carry it (stop, 413)."""
@@ -483,7 +511,7 @@ class Forwarder:
             return
         s.errors[o.kind] = s.errors.get(o.kind, 0) + 1
         s.last_error, s.last_error_at, s.last_error_kind = f"{o.kind}: {o.message}", time.time(), o.kind
-        await self.store.note_attempt(batch.id, s.last_error)
+        await self.store.note_attempt(batch.id, s.last_error, counters=self._unsaved())
         if o.kind == "too-large":
             if len(rows) == 1:
                 n = await self.store.dead_letter(batch.id, f"upstream refuses this event as too large: {o.message}")

@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -254,6 +254,16 @@ class Taken(NamedTuple):
     delivered: int
 
 
+def _add_counters(conn: sqlite3.Connection, counters: Mapping[str, int]) -> None:
+    """Add to named counters inside the caller's transaction."""
+    items = [(name, n) for name, n in counters.items() if n]
+    if items:
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            items,
+        )
+
+
 def _record_delivery(conn: sqlite3.Connection, batch_id: int, now: int) -> int:
     """Mark a batch's events delivered and close the batch, inside the caller's transaction."""
     cur = conn.execute(
@@ -268,11 +278,7 @@ def _record_delivery(conn: sqlite3.Connection, batch_id: int, now: int) -> int:
             " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
             (now // 3_600_000, n),
         )
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES ('delivered', ?)"
-            " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            (n,),
-        )
+        _add_counters(conn, {"delivered": n})
     return n
 
 
@@ -684,7 +690,8 @@ class Store:
     # ---- upstream delivery -----------------------------------------------------------------
 
     async def take_batch(
-        self, max_events: int, max_bytes: int, exclude: Collection[int] = (), delivered: int | None = None
+        self, max_events: int, max_bytes: int, exclude: Collection[int] = (), delivered: int | None = None,
+        counters: Mapping[str, int] | None = None,
     ) -> Taken:
         """The batch to send next with its (seq, mid, raw) rows: an unfinished one (same msgid as before), else a new one.
 
@@ -692,14 +699,17 @@ class Store:
         whole request with one X-Channel-Id / X-App-Id), oldest first, within both limits. Its
         msgid is committed before it is sent, so every retry, even after a crash, reuses it.
         Batches in `exclude` (in flight) are left alone. `delivered` is a batch upstream has just
-        acknowledged: it is recorded in the same transaction (one commit per batch, not two). One
-        round trip to the writer's thread; only this batch's rows are read, never the backlog.
+        acknowledged: it is recorded in the same transaction (one commit per batch, not two), as are
+        `counters` (e.g. bytes sent today). One round trip to the writer's thread; only this batch's
+        rows are read, never the backlog.
         """
         skip = tuple(exclude)
         now = int(time.time() * 1000)
 
         def job(conn: sqlite3.Connection) -> Taken:
             n = _record_delivery(conn, delivered, now) if delivered is not None else 0
+            if counters:
+                _add_counters(conn, counters)
             found = take(conn)
             return Taken(*found, n) if found else Taken(None, [], n)
 
@@ -762,13 +772,29 @@ class Store:
         self.stats.delivered += n
         return n
 
-    async def note_attempt(self, batch_id: int, error: str | None) -> None:
-        """Count a failed attempt on a batch and keep upstream's last answer with it."""
+    async def note_attempt(self, batch_id: int, error: str | None, counters: Mapping[str, int] | None = None) -> None:
+        """Count a failed attempt on a batch and keep upstream's last answer with it (and add `counters`)."""
 
-        async def job(db: aiosqlite.Connection) -> None:
-            await db.execute(
-                "UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error, batch_id)
-            )
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error, batch_id))
+            if counters:
+                _add_counters(conn, counters)
+
+        await self.write(job)
+
+    async def counter(self, name: str) -> int:
+        """A named counter's value (0 if never counted)."""
+        return await self._scalar("SELECT value FROM counters WHERE name = ?", (name,))
+
+    async def add_counters(self, counters: Mapping[str, int]) -> None:
+        """Add to named counters in a commit of their own."""
+        await self.write(lambda conn: _add_counters(conn, counters))
+
+    async def drop_counters(self, prefix: str, keep: str) -> None:
+        """Forget counters named prefix* except `keep` (yesterday's upload bytes, say)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM counters WHERE substr(name, 1, ?) = ? AND name != ?", (len(prefix), prefix, keep))
 
         await self.write(job)
 

@@ -241,6 +241,24 @@ async def test_daily_byte_budget_holds_delivery(start_hub, http, upstream):
     assert "budget" in hub.hub.forwarder.state.waiting_for
 
 
+async def test_daily_byte_budget_survives_a_restart(start_hub, http, upstream, tmp_path):
+    """Bytes sent today are kept in the store: a restarting hub must not start the day's budget afresh."""
+    data = {"data_dir": str(tmp_path / "budget")}
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "batch_events": 10}, server=data)
+    await send(http, hub, make_events(30))
+    await wait_for(lambda: len(upstream.mids) == 30 and pending(hub) == 0, 10)
+    sent = hub.hub.forwarder.state.sent_bytes_today
+    assert sent == sum(b.wire_bytes for b in upstream.batches) > 0
+    await hub.hub.stop()
+
+    again = await start_hub(upstream={"url": upstream.url, **FAST, "daily_byte_budget": sent}, server=data)
+    assert again.hub.forwarder.state.sent_bytes_today == sent
+    await send(http, again, make_events(5))
+    await asyncio.sleep(1.0)
+    assert len(upstream.mids) == 30  # today's budget was already spent before the restart
+    assert "budget" in again.hub.forwarder.state.waiting_for
+
+
 async def test_hub_to_hub_chain(start_hub, http, upstream, tmp_path):
     b = await start_hub(upstream={"url": upstream.url, **FAST}, server={"data_dir": str(tmp_path / "b")})
     a = await start_hub(upstream={"url": b.url, **FAST}, server={"data_dir": str(tmp_path / "a")})
