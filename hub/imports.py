@@ -20,11 +20,11 @@ import sqlite3
 import tempfile
 import time
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -62,6 +62,7 @@ __all__ = [
     "parse_since",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 EXPORT_PRODUCER = {"id": "telemetry-hub", "ver": __version__, "pid": "telemetry-hub"}
@@ -410,7 +411,8 @@ class ShareService:
         try:
             reports = await self._upload(request)
         except _Refused as exc:
-            return _html_response(exc.status, "Import refused", _refused_html(exc.message))
+            return await _closing_if_stalled(request, exc, _html_response(exc.status, "Import refused",
+                                                                          _refused_html(exc.message)))
         return _html_response(200, "Import report", _reports_html(reports))
 
     async def upload_json(self, request: web.Request) -> web.Response:
@@ -418,7 +420,7 @@ class ShareService:
         try:
             reports = await self._upload(request)
         except _Refused as exc:
-            return sunbird_error(exc.status, exc.message)
+            return await _closing_if_stalled(request, exc, sunbird_error(exc.status, exc.message))
         return web.Response(body=orjson.dumps([r.to_json() for r in reports]), content_type="application/json")
 
     async def _upload(self, request: web.Request) -> list[ImportReport]:
@@ -435,7 +437,7 @@ class ShareService:
             await asyncio.to_thread(self._prepare_scratch)
             try:
                 reader = await request.multipart()
-                while (part := await reader.next()) is not None:
+                while (part := await self._arrives(reader.next())) is not None:
                     if not isinstance(part, BodyPartReader):
                         raise _Refused(400, "nested multipart bodies are not supported")
                     if part.name == "file" and part.filename is not None:
@@ -451,7 +453,7 @@ class ShareService:
                         name = clean_name(part.filename)
                         saved.append((await self._save(part, name), name))
                     else:
-                        value = await _small_field(part)
+                        value = await _small_field(part, self._arrives)
                         if part.name == "token" and not authorised:
                             authorised = self.admin.allows(value.strip())
                             if not authorised:
@@ -471,6 +473,19 @@ class ShareService:
             for path, _ in saved:
                 path.unlink(missing_ok=True)
 
+    async def _arrives(self, step: Awaitable[T]) -> T:
+        """One step of reading an upload; a body that stops arriving is cut off, however large the file.
+
+        A slow phone on the branch Wi-Fi may take minutes for a big archive, so there is no limit on
+        the whole upload, only on silence: server.client_timeout without a byte.
+        """
+        idle = self.cfg.server.client_timeout
+        try:
+            return await asyncio.wait_for(step, idle)
+        except TimeoutError:
+            raise _Refused(408, f"the upload stopped arriving (nothing for {idle:g} s, server.client_timeout); "
+                                "nothing was imported: send the file again") from None
+
     def _prepare_scratch(self) -> None:
         """Create the scratch folder and remove temp files a crash left behind."""
         self.scratch.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -489,7 +504,7 @@ class ShareService:
         size = 0
         try:
             with os.fdopen(fd, "wb") as fh:
-                while chunk := await part.read_chunk(_UPLOAD_CHUNK):
+                while chunk := await self._arrives(part.read_chunk(_UPLOAD_CHUNK)):
                     size += len(chunk)
                     if size > limit:
                         raise _Refused(413, f"{name} is over the {limit // 2**20} MiB limit for one file "
@@ -554,9 +569,18 @@ class ShareService:
         return response
 
 
-async def _small_field(part: BodyPartReader) -> str:
+async def _closing_if_stalled(request: web.Request, exc: _Refused, response: web.Response) -> web.Response:
+    """Answer a stalled upload and close its connection at once (aiohttp would wait for the rest)."""
+    if exc.status == 408:
+        await response.prepare(request)
+        await response.write_eof()
+        request.protocol.force_close()
+    return response
+
+
+async def _small_field(part: BodyPartReader, arrives: Callable[[Awaitable[T]], Awaitable[T]]) -> str:
     data = bytearray()
-    while chunk := await part.read_chunk(_MAX_FIELD_BYTES):
+    while chunk := await arrives(part.read_chunk(_MAX_FIELD_BYTES)):
         data += chunk
         if len(data) > _MAX_FIELD_BYTES:
             raise _Refused(413, f"form field {part.name!r} is over {_MAX_FIELD_BYTES} bytes")

@@ -463,6 +463,40 @@ def test_body_shorter_than_content_length_times_out(hub):
     tally.add(fuzz_cases=1)
 
 
+def test_upload_that_stalls_is_cut_off(hub):
+    """A Share Telemetry upload whose bytes stop arriving gets 408 within server.client_timeout; nothing imported."""
+    token = (hub.data_dir / "admin-token").read_text().strip()
+    def imports() -> int:
+        con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
+        try:
+            return con.execute("SELECT count(*) FROM imports").fetchone()[0]
+        finally:
+            con.close()
+
+    before = imports()
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n" + token.encode() +
+            b"\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n"
+            b"Content-Type: application/zip\r\n\r\nPK\x03\x04")
+    s = socket.create_connection(("127.0.0.1", hub.port), timeout=CLIENT_TIMEOUT + 10)
+    started = time.monotonic()
+    try:
+        s.sendall(_req(b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n"
+                       b"Accept: application/json\r\n", head, path=b"/admin/import"))
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    finally:
+        s.close()
+    took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"stopped arriving" in answer
+    assert CLIENT_TIMEOUT - 0.5 < took < CLIENT_TIMEOUT + 2, took
+    assert imports() == before
+    assert not list((hub.data_dir / "uploads").glob(".upload-*"))  # the partial file is gone
+    tally.add(fuzz_cases=1)
+    still_serves(hub)
+
+
 # ---- slow clients and floods ---------------------------------------------------------------------------------------
 
 async def _trickle(port: int, head: bytes, rest: bytes, outcome: list[tuple[float, bytes]]) -> None:
