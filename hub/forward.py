@@ -10,7 +10,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -138,7 +138,7 @@ class Forwarder:
         self._link_up = asyncio.Event()
         self._idle = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._to_mark: Batch | None = None  # answered 2xx, not yet recorded in the store
+        self._to_mark: list[Batch] = []  # answered 2xx, not yet recorded in the store
         self._unsaved_bytes = 0  # sent today but not yet added to the store's counter
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
@@ -163,8 +163,11 @@ class Forwarder:
         # Bytes sent today survive a restart, so a crash-looping hub cannot overspend a metered link.
         today = _today()
         self.state.budget_day = today
-        self.state.sent_bytes_today = await self.store.counter(_BYTES_COUNTER + today)
-        await self.store.drop_counters(_BYTES_COUNTER, keep=_BYTES_COUNTER + today)
+        try:
+            self.state.sent_bytes_today = await self.store.counter(_BYTES_COUNTER + today)
+            await self.store.drop_counters(_BYTES_COUNTER, keep=_BYTES_COUNTER + today)
+        except (sqlite3.Error, StoreFull, StoreClosed) as exc:  # a full disk must not stop delivery starting
+            log.warning("could not read or tidy today's upload byte count (%s); counting from here", exc)
         self.store.on_commit(self.wake)
         self._task = asyncio.create_task(self._run(), name="forwarder")
         log.info("forwarding to %s as device %s", self.url, self.device_id)
@@ -304,16 +307,18 @@ class Forwarder:
         if not self._force:
             reason = self._gate()
             if reason:
+                await self._settle()  # a batch already acknowledged is recorded now, not when the gate opens
                 self.state.waiting_for = reason
                 await self._sleep(60.0)
                 return
         if not self._link_up.is_set():
+            await self._settle()
             self.state.waiting_for = "the upstream link to come back"
             await self._wait_link()
             return
         self._wake.clear()  # before looking, so a commit landing after the look still wakes us
         if self._next is None:
-            record, self._to_mark = self._to_mark, None
+            record, self._to_mark = self._to_mark, []
             self._next = await self._prepare(record=record)
         batch, self._next = self._next, None
         if batch is None:
@@ -378,20 +383,22 @@ class Forwarder:
         ceiling = min(self.cfg.backoff_max, self.cfg.backoff_initial * (2 ** min(self._failures, 30)))
         return random.uniform(0, ceiling)
 
-    async def _prepare(self, exclude: Collection[int] = (), record: Batch | None = None) -> _Prepared | None:
+    async def _prepare(self, exclude: Collection[int] = (), record: Sequence[Batch] = ()) -> _Prepared | None:
         """Record the last acknowledged batch, take the next one and encode it (while one is in flight).
 
-        If this fails, `record` stays open in the store and is sent again with its msgid: a duplicate
-        upstream discards, never a loss.
+        If this fails, `record` is recorded with the next write instead; should the hub stop before
+        that, those batches stay open and are sent again with their msgids (duplicates upstream discards).
         """
         limit = self.state.batch_limit
         counters = self._unsaved()
         try:
             taken = await self.store.take_batch(limit, min(_MAX_JSON_BYTES, self._json_budget()), exclude,
-                                                delivered=record.id if record is not None else None,
+                                                delivered=[b.id for b in record],
                                                 counters=counters)
         except BaseException:
-            self._unsaved_bytes += sum(counters.values())  # saved with the next write instead
+            # Nothing of it was committed: keep both for the next write (the batch is not sent again).
+            self._unsaved_bytes += sum(counters.values())
+            self._to_mark[:0] = record
             raise
         self.state.delivered += taken.delivered
         if taken.batch is None:
@@ -430,7 +437,7 @@ class Forwarder:
             self._next = await self._prepare()
             return
         # The previous batch's 2xx is committed together with taking the next one, while this one is sent.
-        record, self._to_mark = self._to_mark, None
+        record, self._to_mark = self._to_mark, []
         ahead = asyncio.create_task(self._prepare(exclude=[current.batch.id], record=record))
         started = time.monotonic()
         try:
@@ -455,10 +462,10 @@ class Forwarder:
         return {_BYTES_COUNTER + _today(): n} if n else {}
 
     async def _settle(self) -> None:
-        """Record an acknowledged batch now, when no next batch is taken to carry it (stop, 413)."""
-        record, self._to_mark = self._to_mark, None
-        if record is not None:
-            self.state.delivered += await self.store.mark_delivered(record.id)
+        """Record acknowledged batches now, when no next batch is taken to carry them (stop, gate, 413)."""
+        while self._to_mark:
+            self.state.delivered += await self.store.mark_delivered(self._to_mark[0].id)
+            del self._to_mark[0]
 
     async def _send(self, p: _Prepared) -> tuple[Outcome, int]:
         body, headers = p.body, dict(p.headers)
@@ -501,7 +508,7 @@ class Forwarder:
         s = self.state
         if o.kind == "ok":
             # Committed with the next batch's take (see _deliver), or by _settle() when there is none.
-            self._to_mark = batch
+            self._to_mark.append(batch)
             s.last_success_at = time.time()
             if s.link != "up":
                 log.info("upstream accepts telemetry again (link %s -> up)", s.link)

@@ -690,7 +690,7 @@ class Store:
     # ---- upstream delivery -----------------------------------------------------------------
 
     async def take_batch(
-        self, max_events: int, max_bytes: int, exclude: Collection[int] = (), delivered: int | None = None,
+        self, max_events: int, max_bytes: int, exclude: Collection[int] = (), delivered: Sequence[int] = (),
         counters: Mapping[str, int] | None = None,
     ) -> Taken:
         """The batch to send next with its (seq, mid, raw) rows: an unfinished one (same msgid as before), else a new one.
@@ -698,8 +698,8 @@ class Store:
         A new batch holds pending events of one channel and one producer (upstream stamps the
         whole request with one X-Channel-Id / X-App-Id), oldest first, within both limits. Its
         msgid is committed before it is sent, so every retry, even after a crash, reuses it.
-        Batches in `exclude` (in flight) are left alone. `delivered` is a batch upstream has just
-        acknowledged: it is recorded in the same transaction (one commit per batch, not two), as are
+        Batches in `exclude` (in flight) are left alone. `delivered` are batches upstream has just
+        acknowledged: they are recorded in the same transaction (one commit per batch, not two), as are
         `counters` (e.g. bytes sent today). One round trip to the writer's thread; only this batch's
         rows are read, never the backlog.
         """
@@ -707,7 +707,7 @@ class Store:
         now = int(time.time() * 1000)
 
         def job(conn: sqlite3.Connection) -> Taken:
-            n = _record_delivery(conn, delivered, now) if delivered is not None else 0
+            n = sum(_record_delivery(conn, batch_id, now) for batch_id in delivered)
             if counters:
                 _add_counters(conn, counters)
             found = take(conn)
