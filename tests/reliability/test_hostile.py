@@ -578,9 +578,16 @@ async def test_connection_flood_and_large_requests_stay_bounded(hub):
                 s.send(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n")
             except OSError:
                 pass
-        await asyncio.sleep(0.5)
-        fds = fd_count(pid)
-        assert fds < MAX_CONNECTIONS + 80, f"the hub holds {fds} file descriptors with a limit of {MAX_CONNECTIONS}"
+        # Connections over the cap are closed as they come; an accept burst can run ahead of those
+        # closes for a moment on a loaded machine, so the bound must hold once the loop has caught up.
+        seen = []
+        for _ in range(20):
+            await asyncio.sleep(0.25)
+            seen.append(fd_count(pid))
+            if seen[-1] < MAX_CONNECTIONS + 80:
+                break
+        assert seen[-1] < MAX_CONNECTIONS + 80, (
+            f"the hub holds {seen[-1]} file descriptors with a limit of {MAX_CONNECTIONS} (seen over 5 s: {seen})")
         template = json.dumps(make_events(1000), separators=(",", ":")).encode()
         ledger = Ledger()
         statuses: dict[Any, int] = {}
