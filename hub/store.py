@@ -212,19 +212,8 @@ def _apply_group(conn: sqlite3.Connection, plan: list[_RequestPlan], devices: di
         total_new = sum(news)
         total = sum(len(rows) + len(q) for rows, q, _ in plan)
         duplicates = sum(len(rows) for rows, _, _ in plan) - total_new
-        counters = [(name, n) for name, n in (("duplicates", duplicates), ("received", total)) if n]
-        if counters:
-            conn.executemany(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                counters,
-            )
-        if total_new:
-            conn.execute(
-                "INSERT INTO hourly (hour, kind, n) VALUES (?, 'received', ?)"
-                " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
-                (now_ms // 3_600_000, total_new),
-            )
+        _add_counters(conn, {"duplicates": duplicates, "received": total})
+        _add_hourly(conn, now_ms, "received", total_new)
         conn.execute("COMMIT")
         return news
     except BaseException:
@@ -264,6 +253,15 @@ def _add_counters(conn: sqlite3.Connection, counters: Mapping[str, int]) -> None
         )
 
 
+def _add_hourly(conn: sqlite3.Connection, now_ms: int, kind: str, n: int) -> None:
+    """Add n to this hour's count of `kind` (the status page's chart), inside the caller's transaction."""
+    if n:
+        conn.execute(
+            "INSERT INTO hourly (hour, kind, n) VALUES (?, ?, ?) ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
+            (now_ms // 3_600_000, kind, n),
+        )
+
+
 def _record_delivery(conn: sqlite3.Connection, batch_id: int, now: int) -> int:
     """Mark a batch's events delivered and close the batch, inside the caller's transaction."""
     cur = conn.execute(
@@ -272,13 +270,8 @@ def _record_delivery(conn: sqlite3.Connection, batch_id: int, now: int) -> int:
     )
     n = max(cur.rowcount, 0)
     conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-    if n:
-        conn.execute(
-            "INSERT INTO hourly (hour, kind, n) VALUES (?, 'delivered', ?)"
-            " ON CONFLICT(hour, kind) DO UPDATE SET n = n + excluded.n",
-            (now // 3_600_000, n),
-        )
-        _add_counters(conn, {"delivered": n})
+    _add_counters(conn, {"delivered": n})
+    _add_hourly(conn, now, "delivered", n)
     return n
 
 
@@ -708,8 +701,7 @@ class Store:
 
         def job(conn: sqlite3.Connection) -> Taken:
             n = sum(_record_delivery(conn, batch_id, now) for batch_id in delivered)
-            if counters:
-                _add_counters(conn, counters)
+            _add_counters(conn, counters or {})
             found = take(conn)
             return Taken(*found, n) if found else Taken(None, [], n)
 
@@ -777,8 +769,7 @@ class Store:
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE batches SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error, batch_id))
-            if counters:
-                _add_counters(conn, counters)
+            _add_counters(conn, counters or {})
 
         await self.write(job)
 
