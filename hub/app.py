@@ -28,7 +28,7 @@ from .forward import Forwarder
 from .imports import ShareService
 from .sdnotify import Notifier, Watchdog
 from .discovery import Advertiser, default_instance_name, local_urls, txt_properties
-from .ingest import DEVICE_PATHS, Ingest, KeyRing, sunbird_error
+from .ingest import DEVICE_PATHS, Ingest, KeyRing, answer_and_close, sunbird_error
 from .status import Status
 from .tls import TlsMaterial, load_or_create
 from .store import Store
@@ -323,12 +323,8 @@ class Hub:
                     async with asyncio.timeout(self.cfg.server.client_timeout):
                         await request.read()
                 except TimeoutError:
-                    response = sunbird_error(408, f"body did not arrive within {self.cfg.server.client_timeout:g} s "
-                                                  "(server.client_timeout)")
-                    await response.prepare(request)
-                    await response.write_eof()
-                    request.protocol.force_close()  # no lingering on top
-                    return response
+                    return await answer_and_close(request, sunbird_error(
+                        408, f"body did not arrive within {self.cfg.server.client_timeout:g} s (server.client_timeout)"))
             return await handler(request)
         finally:
             self._inflight -= 1

@@ -35,7 +35,7 @@ from . import __version__
 from .admin import AdminGate
 from .config import Config
 from .errors import HubError, ShareFileError, StoreClosed, StoreFull
-from .ingest import sunbird_error
+from .ingest import answer_and_close, sunbird_error
 from .schema import SchemaChecker
 from .share import (
     FORMAT_ARCHIVE,
@@ -411,8 +411,8 @@ class ShareService:
         try:
             reports = await self._upload(request)
         except _Refused as exc:
-            return await _closing_if_stalled(request, exc, _html_response(exc.status, "Import refused",
-                                                                          _refused_html(exc.message)))
+            response = _html_response(exc.status, "Import refused", _refused_html(exc.message))
+            return await answer_and_close(request, response) if exc.status == 408 else response
         return _html_response(200, "Import report", _reports_html(reports))
 
     async def upload_json(self, request: web.Request) -> web.Response:
@@ -420,7 +420,8 @@ class ShareService:
         try:
             reports = await self._upload(request)
         except _Refused as exc:
-            return await _closing_if_stalled(request, exc, sunbird_error(exc.status, exc.message))
+            response = sunbird_error(exc.status, exc.message)
+            return await answer_and_close(request, response) if exc.status == 408 else response
         return web.Response(body=orjson.dumps([r.to_json() for r in reports]), content_type="application/json")
 
     async def _upload(self, request: web.Request) -> list[ImportReport]:
@@ -567,15 +568,6 @@ class ShareService:
             fh.close()
         log.info("export over HTTP: %d events in %d batches (marks nothing delivered)", report.events, report.batches)
         return response
-
-
-async def _closing_if_stalled(request: web.Request, exc: _Refused, response: web.Response) -> web.Response:
-    """Answer a stalled upload and close its connection at once (aiohttp would wait for the rest)."""
-    if exc.status == 408:
-        await response.prepare(request)
-        await response.write_eof()
-        request.protocol.force_close()
-    return response
 
 
 async def _small_field(part: BodyPartReader, arrives: Callable[[Awaitable[T]], Awaitable[T]]) -> str:

@@ -18,7 +18,7 @@ from .schema import SchemaChecker
 from .store import Store
 from .telemetry import check_events, error_body, split_envelope, success_body
 
-__all__ = ["DEVICE_PATHS", "IngestCounters", "Ingest", "KeyRing", "json_response", "sunbird_error"]
+__all__ = ["DEVICE_PATHS", "IngestCounters", "Ingest", "KeyRing", "answer_and_close", "json_response", "sunbird_error"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,17 @@ class _Hold:
 def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer; always a full body (the JS library counts an empty 200 as a failure)."""
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send an answer to a body that stopped arriving, then close the connection at once.
+
+    Returned normally, aiohttp would go on reading the rest of the body (up to 10 s) first.
+    """
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 def sunbird_error(status: int, message: str, msgid: object = None, headers: dict[str, str] | None = None) -> web.Response:
@@ -188,12 +199,7 @@ class Ingest:
             self._client_error("too_large" if exc.status == 413 else "bad_request")
             log.debug("refused request from %s: %s", request.remote, exc)
             response = sunbird_error(exc.status, str(exc))
-            if exc.status == 408:
-                # No lingering time on top (aiohttp would read on for 10 s): answer, then close at once.
-                await response.prepare(request)
-                await response.write_eof()
-                request.protocol.force_close()
-            return response
+            return await answer_and_close(request, response) if exc.status == 408 else response
         except _Overloaded:
             log.debug("busy: %d bytes of bodies buffered (limits.max_buffered_bytes)", self.buffered)
             return sunbird_error(503, "the hub is busy receiving other devices' data; retry in a few seconds",

@@ -446,18 +446,23 @@ def test_header_and_wire_abuse(hub, name, data):
     still_serves(hub)
 
 
-def test_body_shorter_than_content_length_times_out(hub):
-    """A body that stops arriving gets 408 within server.client_timeout, and the connection is closed."""
+def _stall(hub: HubProcess, data: bytes) -> tuple[bytes, float]:
+    """Send a request whose body never completes; return everything the hub answered before closing, and when."""
     s = socket.create_connection(("127.0.0.1", hub.port), timeout=CLIENT_TIMEOUT + 10)
     started = time.monotonic()
     try:
-        s.sendall(_req(b"Content-Length: 5000\r\n", b'{"events":['))
+        s.sendall(data)
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
     finally:
         s.close()
-    took = time.monotonic() - started
+    return answer, time.monotonic() - started
+
+
+def test_body_shorter_than_content_length_times_out(hub):
+    """A body that stops arriving gets 408 within server.client_timeout, and the connection is closed."""
+    answer, took = _stall(hub, _req(b"Content-Length: 5000\r\n", b'{"events":['))
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert CLIENT_TIMEOUT - 0.5 < took < CLIENT_TIMEOUT + 2, took
     tally.add(fuzz_cases=1)
@@ -477,17 +482,8 @@ def test_upload_that_stalls_is_cut_off(hub):
     head = (b"--b\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n" + token.encode() +
             b"\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n"
             b"Content-Type: application/zip\r\n\r\nPK\x03\x04")
-    s = socket.create_connection(("127.0.0.1", hub.port), timeout=CLIENT_TIMEOUT + 10)
-    started = time.monotonic()
-    try:
-        s.sendall(_req(b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n"
-                       b"Accept: application/json\r\n", head, path=b"/admin/import"))
-        answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
-    finally:
-        s.close()
-    took = time.monotonic() - started
+    answer, took = _stall(hub, _req(b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n"
+                                    b"Accept: application/json\r\n", head, path=b"/admin/import"))
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"stopped arriving" in answer
     assert CLIENT_TIMEOUT - 0.5 < took < CLIENT_TIMEOUT + 2, took
