@@ -35,7 +35,7 @@ from hubproc import HubProcess  # noqa: E402
 from upstream import FakeUpstream  # noqa: E402
 
 from hub.config import StoreConfig  # noqa: E402
-from hub.store import Store  # noqa: E402
+from hub.store import Store, _insert_events  # noqa: E402
 
 
 def health(url: str) -> dict:
@@ -52,16 +52,15 @@ async def fill_backlog(db: Path, n: int) -> None:
     con = sqlite3.connect(db)
     now = int(time.time() * 1000)
     for start in range(0, n, 10_000):
-        rows = []
+        rows, raws = [], []
         for i in range(start, min(n, start + 10_000)):
             e = dict(template[i % 200])
             e["mid"] = f"bench:{uuid.uuid4().hex}"
-            raw = json.dumps(e, separators=(",", ":")).encode()
+            raws.append(json.dumps(e, separators=(",", ":")).encode())
             ctx = e["context"]
             rows.append((e["mid"], ctx.get("did"), e["eid"], e["ets"], ctx.get("channel"), ctx["pdata"].get("id"),
-                         now, "bench", raw))
-        con.executemany("INSERT INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
-                        " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                         now, "bench"))
+        _insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
         con.commit()
     con.close()
 

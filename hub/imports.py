@@ -681,7 +681,7 @@ def _batches(con: sqlite3.Connection, *, pending: bool, since_ms: int | None, co
         where.append("delivered_at IS NULL")
     if since_ms is not None:
         where.append("received_at >= ?")
-    sql = f"SELECT seq, raw FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {_EXPORT_PAGE}"
+    sql = f"SELECT seq, raw FROM stored_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT {_EXPORT_PAGE}"
     last = 0
     batch: list[bytes] = []
     size = 0

@@ -126,30 +126,89 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (hour, kind)
     );
     """,
+    # v3: event bytes move to their own table. Taking a batch and recording its delivery rewrite
+    # each event's row twice; with the ~1 KB of JSON in the row, draining a backlog wrote 4.2 KB to
+    # disk per delivered event, without it 1.3 KB (bench/forward.py, same run). SQLite older than
+    # 3.35 cannot drop a column, so the table is rebuilt. 'stored' counts events ever stored (seqs
+    # now have gaps where a duplicate was refused).
+    """
+    CREATE TABLE event_raw (seq INTEGER PRIMARY KEY, raw BLOB NOT NULL);
+    INSERT INTO event_raw (seq, raw) SELECT seq, raw FROM events;
+    CREATE TABLE events_v3 (
+        seq INTEGER PRIMARY KEY,
+        mid TEXT NOT NULL UNIQUE,
+        did TEXT,
+        eid TEXT NOT NULL,
+        ets REAL NOT NULL,
+        channel TEXT,
+        pdata_id TEXT,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        batch_id INTEGER,
+        delivered_at INTEGER
+    );
+    INSERT INTO events_v3 (seq, mid, did, eid, ets, channel, pdata_id, received_at, source, batch_id, delivered_at)
+        SELECT seq, mid, did, eid, ets, channel, pdata_id, received_at, source, batch_id, delivered_at FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v3 RENAME TO events;
+    CREATE INDEX events_pending ON events(seq) WHERE delivered_at IS NULL;
+    CREATE INDEX events_delivered ON events(delivered_at) WHERE delivered_at IS NOT NULL;
+    CREATE INDEX events_route ON events(channel, pdata_id, seq) WHERE delivered_at IS NULL AND batch_id IS NULL;
+    CREATE INDEX events_batch ON events(batch_id, seq) WHERE delivered_at IS NULL AND batch_id IS NOT NULL;
+    CREATE VIEW stored_events AS SELECT events.*, event_raw.raw FROM events JOIN event_raw USING (seq);
+    INSERT OR IGNORE INTO counters (name, value) SELECT 'stored', coalesce(max(seq), 0) FROM events;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw) VALUES "
+    "INSERT OR IGNORE INTO events (seq, mid, did, eid, ets, channel, pdata_id, received_at, source) VALUES "
 )
 _EVENT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_CHUNK = 64  # rows per statement: 576 parameters, well under SQLite's limit
 
 
-def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int:
-    """Insert event rows, skipping known mids; return how many were new.
+def _next_seq(conn: sqlite3.Connection) -> int:
+    """The first free seq, read inside the writer's transaction (another process may have added events)."""
+    row = conn.execute(
+        "SELECT max((SELECT coalesce(max(seq), 0) FROM events), (SELECT coalesce(max(seq), 0) FROM event_raw))"
+    ).fetchone()
+    return int(row[0]) + 1
 
-    Many rows per statement, not executemany: sqlite3 releases and retakes the GIL around every
-    statement it steps, so one row per statement meant one GIL hand-over per event between the
-    writer thread and the event loop (measured under the batch benchmark: writer thread CPU 54% ->
-    43-48% for the same rate). Statement texts come in at most _INSERT_CHUNK sizes, so sqlite3's
-    statement cache keeps them.
+
+def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], raws: list[bytes], seq: int) -> int:
+    """Insert event rows (mid, did, eid, ets, channel, pdata_id, received_at, source) and their bytes
+    under seqs from `seq` on, skipping known mids; return how many were new.
+
+    Seqs are given here so the bytes can go to event_raw under the same seq; a row the mid index
+    refused leaves its seq unused and its bytes unstored. Many rows per statement, not
+    executemany: sqlite3 releases and retakes the GIL around every statement it steps, so one row
+    per statement meant one GIL hand-over per event between the writer thread and the event loop
+    (measured under the batch benchmark: writer thread CPU 54% -> 43-48% for the same rate).
+    Statement texts come in at most _INSERT_CHUNK sizes, so sqlite3's statement cache keeps them.
     """
     new = 0
     for i in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[i:i + _INSERT_CHUNK]
+        first = seq
+        params: list[Any] = []
+        for row in chunk:
+            params.append(seq)
+            params.extend(row)
+            seq += 1
         sql = _INSERT_EVENT + ", ".join([_EVENT_VALUES] * len(chunk))
-        new += max(conn.execute(sql, [v for row in chunk for v in row]).rowcount, 0)
+        added = max(conn.execute(sql, params).rowcount, 0)
+        if added == len(chunk):
+            kept = list(range(first, seq))
+        elif added:
+            kept = [s for (s,) in conn.execute("SELECT seq FROM events WHERE seq >= ? AND seq < ?", (first, seq))]
+        else:
+            continue
+        conn.execute(
+            "INSERT INTO event_raw (seq, raw) VALUES " + ", ".join(["(?, ?)"] * len(kept)),
+            [v for s in kept for v in (s, raws[i + s - first])],
+        )
+        new += added
     return new
 
 
@@ -185,8 +244,10 @@ def _bare(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T
     return job(conn)
 
 
-# One request's share of a group commit: event rows, quarantine rows, extra statements.
-_RequestPlan = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Sequence[tuple[str, Sequence[Any]]]]
+# One request's share of a group commit: event rows, their bytes, quarantine rows, extra statements.
+_RequestPlan = tuple[
+    list[tuple[Any, ...]], list[bytes], list[tuple[Any, ...]], Sequence[tuple[str, Sequence[Any]]]
+]
 
 
 def _apply_group(conn: sqlite3.Connection, plan: list[_RequestPlan], devices: dict[str, int], now_ms: int) -> list[int]:
@@ -194,8 +255,10 @@ def _apply_group(conn: sqlite3.Connection, plan: list[_RequestPlan], devices: di
     conn.execute("BEGIN IMMEDIATE")
     try:
         news: list[int] = []
-        for rows, quarantine, extra in plan:
-            news.append(_insert_events(conn, rows) if rows else 0)
+        seq = _next_seq(conn)
+        for rows, raws, quarantine, extra in plan:
+            news.append(_insert_events(conn, rows, raws, seq) if rows else 0)
+            seq += len(rows)
             if quarantine:
                 conn.executemany(
                     "INSERT INTO quarantine (received_at, source, did, mid, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
@@ -210,9 +273,9 @@ def _apply_group(conn: sqlite3.Connection, plan: list[_RequestPlan], devices: di
                 [(did, now_ms, now_ms, n) for did, n in devices.items()],
             )
         total_new = sum(news)
-        total = sum(len(rows) + len(q) for rows, q, _ in plan)
-        duplicates = sum(len(rows) for rows, _, _ in plan) - total_new
-        _add_counters(conn, {"duplicates": duplicates, "received": total})
+        total = sum(len(rows) + len(q) for rows, _, q, _ in plan)
+        duplicates = sum(len(rows) for rows, _, _, _ in plan) - total_new
+        _add_counters(conn, {"duplicates": duplicates, "received": total, "stored": total_new})
         _add_hourly(conn, now_ms, "received", total_new)
         conn.execute("COMMIT")
         return news
@@ -385,6 +448,9 @@ class Store:
                 "install the newer telemetry-hub again or restore a backup"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
+            if version:  # an existing store (a new one is simply created)
+                log.info("store schema: migrating %s to v%d; on a large store this can take minutes",
+                         self.path, target)
             await db.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in _MIGRATIONS[target - 1].split(";"):
@@ -400,7 +466,7 @@ class Store:
     async def _load_stats(self) -> None:
         s = self.stats
         s.backlog = await self._scalar("SELECT count(*) FROM events WHERE delivered_at IS NULL")
-        s.stored_total = await self._scalar("SELECT coalesce(max(seq), 0) FROM events")
+        s.stored_total = await self._scalar("SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'stored'")
         s.quarantined = await self._scalar("SELECT count(*) FROM quarantine")
         s.duplicates = await self._scalar("SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'duplicates'")
         s.delivered = await self._scalar("SELECT coalesce(sum(value), 0) FROM counters WHERE name = 'delivered'")
@@ -623,8 +689,9 @@ class Store:
                 source = _text(p.source)
                 device = _text(p.device)
                 # Event fields are already SQLite-safe (see telemetry.Event); only the request's own need care.
-                rows = [(e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source, e.raw)
+                rows = [(e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source)
                         for e in p.checked.events]
+                raws = [e.raw for e in p.checked.events]
                 quarantine = [(now_ms, source, _text(p.device), _text(x.mid), x.reason, x.raw)
                               for x in p.checked.quarantined]
                 for row in rows:
@@ -633,7 +700,7 @@ class Store:
                 for k, v in p.checked.warnings.items():
                     warnings[k] = warnings.get(k, 0) + v
                 unchecked += p.checked.unchecked
-                plan.append((rows, quarantine, p.extra))
+                plan.append((rows, raws, quarantine, p.extra))
             news = await self._in_writer_thread(_apply_group, plan, devices, now_ms)
         except BaseException as exc:
             if len(group) > 1 and isinstance(exc, Exception) and not isinstance(exc, sqlite3.OperationalError):
@@ -653,7 +720,7 @@ class Store:
                 raise
             log.error("store commit failed, %d requests refused (nothing acknowledged): %s", len(group), exc)
             return
-        results = [AddResult(new, len(rows) - new, len(q)) for new, (rows, q, _) in zip(news, plan)]
+        results = [AddResult(new, len(rows) - new, len(q)) for new, (rows, _, q, _) in zip(news, plan)]
         total_new = sum(r.new for r in results)
         total_dup = sum(r.duplicates for r in results)
         total_q = sum(r.quarantined for r in results)
@@ -713,7 +780,7 @@ class Store:
             if row is not None:
                 batch = Batch(*row)
                 rows = conn.execute(
-                    "SELECT seq, mid, raw FROM events INDEXED BY events_batch"
+                    "SELECT seq, mid, raw FROM events INDEXED BY events_batch JOIN event_raw USING (seq)"
                     " WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq",
                     (batch.id,),
                 ).fetchall()
@@ -727,7 +794,7 @@ class Store:
             rows = []
             size = 0
             for seq, mid, raw in conn.execute(
-                "SELECT seq, mid, raw FROM events INDEXED BY events_route"
+                "SELECT seq, mid, raw FROM events INDEXED BY events_route JOIN event_raw USING (seq)"
                 " WHERE channel IS ? AND pdata_id IS ? AND delivered_at IS NULL AND batch_id IS NULL ORDER BY seq LIMIT ?",
                 (channel, pdata_id, max_events),
             ):
@@ -833,8 +900,13 @@ class Store:
                 "INSERT OR REPLACE INTO dead_letter"
                 " (mid, did, eid, ets, channel, pdata_id, received_at, source, raw, reason, failed_at)"
                 " SELECT mid, did, eid, ets, channel, pdata_id, received_at, source, raw, ?, ?"
-                " FROM events WHERE batch_id = ? AND delivered_at IS NULL",
+                " FROM events JOIN event_raw USING (seq) WHERE batch_id = ? AND delivered_at IS NULL",
                 (reason, now, batch_id),
+            )
+            await db.execute(
+                "DELETE FROM event_raw WHERE seq IN"
+                " (SELECT seq FROM events WHERE batch_id = ? AND delivered_at IS NULL)",
+                (batch_id,),
             )
             cur = await db.execute("DELETE FROM events WHERE batch_id = ? AND delivered_at IS NULL", (batch_id,))
             await db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
@@ -847,19 +919,25 @@ class Store:
 
     async def requeue_dead(self, mids: Sequence[str] | None = None) -> int:
         """Put dead letters back in the queue (all, or the given mids); returns how many."""
-        where = "" if mids is None else f" WHERE mid IN ({','.join('?' * len(mids))})"
+        where = "" if mids is None else f" AND mid IN ({','.join('?' * len(mids))})"
         params = tuple(mids or ())
 
-        async def job(db: aiosqlite.Connection) -> int:
-            cur = await db.execute(
-                "INSERT OR IGNORE INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
-                " SELECT mid, did, eid, ets, channel, pdata_id, received_at, source, raw FROM dead_letter"
-                + where + " ORDER BY id",
-                params,
-            )
-            n = max(cur.rowcount, 0)
-            await db.execute("DELETE FROM dead_letter" + where, params)
-            return n
+        def job(conn: sqlite3.Connection) -> int:
+            # A page at a time, so a large dead-letter table is never read into memory at once.
+            n, last, seq = 0, 0, _next_seq(conn)
+            while True:
+                page = conn.execute(
+                    "SELECT id, mid, did, eid, ets, channel, pdata_id, received_at, source, raw FROM dead_letter"
+                    " WHERE id > ?" + where + " ORDER BY id LIMIT 500",
+                    (last, *params),
+                ).fetchall()
+                if not page:
+                    return n
+                last = page[-1][0]
+                n += _insert_events(conn, [r[1:9] for r in page], [r[9] for r in page], seq)
+                seq += len(page)
+                conn.execute(f"DELETE FROM dead_letter WHERE id IN ({','.join('?' * len(page))})",
+                             [r[0] for r in page])
 
         n = await self.write(job)
         self.stats.backlog += n
@@ -874,13 +952,18 @@ class Store:
         total = 0
         while True:
 
-            async def job(db: aiosqlite.Connection) -> int:
-                cur = await db.execute(
-                    "DELETE FROM events WHERE seq IN (SELECT seq FROM events INDEXED BY events_delivered"
-                    " WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?)",
+            def job(conn: sqlite3.Connection) -> int:
+                seqs = [seq for (seq,) in conn.execute(
+                    "SELECT seq FROM events INDEXED BY events_delivered"
+                    " WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?",
                     (cutoff, chunk),
-                )
-                return max(cur.rowcount, 0)
+                )]
+                for i in range(0, len(seqs), 500):
+                    part = seqs[i:i + 500]
+                    marks = ",".join("?" * len(part))
+                    conn.execute(f"DELETE FROM event_raw WHERE seq IN ({marks})", part)
+                    conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)
+                return len(seqs)
 
             n = await self.write(job)
             total += n

@@ -41,7 +41,7 @@ async def test_batches_are_sent_as_the_mobile_app_sends_them(start_hub, http, up
         src = {e["mid"]: e for e in (a if batch.channel_id == "chan-a" else b)}
         assert set(batch.mids) <= set(src)
     # Each event arrives exactly as the device sent it.
-    raw = dict(hub.rows("SELECT mid, raw FROM events"))
+    raw = dict(hub.rows("SELECT mid, raw FROM stored_events"))
     for e in upstream.events:
         assert json.loads(raw[e["mid"]]) == e
     assert sorted(upstream.received_mids) == sorted(upstream.mids)  # no duplicates without faults
@@ -269,8 +269,8 @@ async def test_hub_to_hub_chain(start_hub, http, upstream, tmp_path):
         assert r.status == 200
     await settle(b, upstream, {e["mid"] for e in events})
     assert pending(a) == 0
-    sent = dict(a.rows("SELECT mid, raw FROM events"))
-    relayed = dict(b.rows("SELECT mid, raw FROM events"))
+    sent = dict(a.rows("SELECT mid, raw FROM stored_events"))
+    relayed = dict(b.rows("SELECT mid, raw FROM stored_events"))
     assert sent == relayed  # byte for byte through both hubs
     assert {bt.channel_id for bt in upstream.batches} == {"chan-x"}
 

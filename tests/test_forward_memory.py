@@ -12,7 +12,7 @@ from hubproc import HubProcess
 from upstream import FakeUpstream
 
 from hub.config import StoreConfig
-from hub.store import Store
+from hub.store import Store, _insert_events
 
 BACKLOG = 1_000_000
 FORWARD = 60_000  # enough batches to reach a steady state; memory must not depend on what remains
@@ -28,11 +28,11 @@ async def _fill(db: Path, n: int) -> None:
     con.execute("PRAGMA synchronous=OFF")  # test set-up only
     base = uuid.uuid4().hex[:16]
     for start in range(0, n, 50_000):
-        rows = [(f"{base}-{i}", "dev", "LOG", 1.0, "chan", "app", 0, "fill",
-                 b'{"eid":"LOG","ets":1,"ver":"3.0","mid":"%s-%d","edata":{"type":"t","level":"INFO","message":"m"}}'
-                 % (base.encode(), i)) for i in range(start, min(n, start + 50_000))]
-        con.executemany("INSERT INTO events (mid, did, eid, ets, channel, pdata_id, received_at, source, raw)"
-                        " VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        span = range(start, min(n, start + 50_000))
+        rows = [(f"{base}-{i}", "dev", "LOG", 1.0, "chan", "app", 0, "fill") for i in span]
+        raws = [b'{"eid":"LOG","ets":1,"ver":"3.0","mid":"%s-%d","edata":{"type":"t","level":"INFO","message":"m"}}'
+                % (base.encode(), i) for i in span]
+        _insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
         con.commit()
     con.close()
 

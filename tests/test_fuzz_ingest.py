@@ -61,7 +61,7 @@ def _post(hub: HubProcess, body: bytes, encoding: str | None) -> tuple[int, byte
 def _snapshot(hub: HubProcess) -> list[tuple]:
     con = sqlite3.connect(hub.data_dir / "hub.db")
     try:
-        return con.execute("SELECT mid, raw FROM events ORDER BY seq").fetchall()
+        return con.execute("SELECT mid, raw FROM stored_events ORDER BY seq").fetchall()
     finally:
         con.close()
 

@@ -50,7 +50,7 @@ def service(rh: RunningHub) -> ShareService:
 def snapshot(rh: RunningHub) -> dict[str, list[tuple]]:
     """Everything an import may change, read from the SQLite file by an outsider."""
     return {
-        "events": rh.rows("SELECT seq, mid, did, source, raw, delivered_at, batch_id FROM events ORDER BY seq"),
+        "events": rh.rows("SELECT seq, mid, did, source, raw, delivered_at, batch_id FROM stored_events ORDER BY seq"),
         "quarantine": rh.rows("SELECT id, source, did, mid, reason, raw FROM quarantine ORDER BY id"),
         "imports": rh.rows("SELECT sha256, name, imported_at, format, report FROM imports ORDER BY sha256"),
         "devices": rh.rows("SELECT did, events FROM devices ORDER BY did"),
@@ -58,7 +58,7 @@ def snapshot(rh: RunningHub) -> dict[str, list[tuple]]:
 
 
 def raws(rh: RunningHub) -> dict[str, bytes]:
-    return {mid: bytes(raw) for mid, raw in rh.rows("SELECT mid, raw FROM events")}
+    return {mid: bytes(raw) for mid, raw in rh.rows("SELECT mid, raw FROM stored_events")}
 
 
 def compact(event: dict[str, Any]) -> bytes:
@@ -102,7 +102,7 @@ async def test_real_sample_archive_stored_byte_identical(start_hub) -> None:
     assert report.ok and not report.already_imported
     assert (report.format, report.batches, report.manifest_events, report.found) == (FORMAT_ARCHIVE, 2, 93, 93)
     assert (report.new, report.duplicates, report.quarantined) == (SAMPLE_TOTAL, 0, 0)
-    stored = [bytes(r) for (r,) in rh.rows("SELECT raw FROM events ORDER BY seq")]
+    stored = [bytes(r) for (r,) in rh.rows("SELECT raw FROM stored_events ORDER BY seq")]
     assert len(stored) == SAMPLE_TOTAL
     with zipfile.ZipFile(SAMPLE_ARCHIVE) as z:
         items = json.loads(z.read("manifest.json"))["archive"]["items"]

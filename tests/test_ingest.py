@@ -20,7 +20,7 @@ async def post(http, hub, body: bytes, headers=None, path="/api/data/v1/telemetr
 
 
 def stored(hub) -> dict[str, bytes]:
-    return dict(hub.rows("SELECT mid, raw FROM events"))
+    return dict(hub.rows("SELECT mid, raw FROM stored_events"))
 
 
 def assert_sunbird_error(body, status_err: str, fragment: str) -> None:

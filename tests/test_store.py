@@ -52,10 +52,42 @@ async def test_migrates_a_version_1_database_keeping_its_events(tmp_path):
     await store.open()
     try:
         assert await store.scalar("PRAGMA user_version") == SCHEMA_VERSION
-        assert await store.fetchall("SELECT mid, raw FROM events") == [("old", b"{}")]
+        assert await store.fetchall("SELECT mid, raw FROM stored_events") == [("old", b"{}")]
         assert store.stats.backlog == 1
         r = await store.add(Checked(events=[_event("old"), _event("new")]), source="test")
         assert (r.new, r.duplicates) == (1, 1)
+    finally:
+        await store.close()
+
+
+async def test_migrates_a_version_2_database_keeping_bytes_batches_and_deliveries(tmp_path):
+    path = tmp_path / "hub.db"
+    con = sqlite3.connect(path)
+    con.executescript(_MIGRATIONS[0] + ";" + _MIGRATIONS[1])
+    con.execute("PRAGMA user_version=2")
+    con.execute("INSERT INTO batches (id, msgid, events, created_at) VALUES (7, 'm-7', 1, 1)")
+    con.executemany(
+        "INSERT INTO events (seq, mid, eid, ets, channel, pdata_id, received_at, source, raw, batch_id, delivered_at)"
+        " VALUES (?, ?, 'LOG', 1, 'ch', 'app', 1, 'api', ?, ?, ?)",
+        [(1, "sent", b'{"a":1}', None, 5), (2, "in-flight", b'{"b":2}', 7, None), (4, "waiting", b'{"c":3}', None, None)],
+    )
+    con.commit()
+    con.close()
+    store = Store(path, StoreConfig())
+    await store.open()
+    try:
+        assert await store.fetchall("SELECT seq, mid, raw, batch_id, delivered_at FROM stored_events ORDER BY seq") == [
+            (1, "sent", b'{"a":1}', None, 5), (2, "in-flight", b'{"b":2}', 7, None), (4, "waiting", b'{"c":3}', None, None)]
+        assert await store.fetchall("SELECT name FROM pragma_table_info('events') WHERE name = 'raw'") == []
+        assert (store.stats.backlog, store.stats.stored_total) == (2, 4)
+        # The unfinished batch is resumed with its msgid, then the waiting event gets a batch of its own.
+        taken = await store.take_batch(10, 10_000)
+        assert (taken.batch.msgid, [r[1:] for r in taken.rows]) == ("m-7", [("in-flight", b'{"b":2}')])
+        r = await store.add(Checked(events=[_event("waiting"), _event("new")]), source="test")
+        assert (r.new, r.duplicates) == (1, 1)
+        # Every event row has its bytes and no bytes are left without a row (the duplicate stored none).
+        assert await store.fetchall("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_raw),"
+                                    " (SELECT count(*) FROM stored_events WHERE mid = 'new')") == [(4, 4, 1)]
     finally:
         await store.close()
 

@@ -90,7 +90,7 @@ def db_fingerprint(hub: HubProcess) -> tuple[int, int, int, int]:
     """(rows, max seq, total raw bytes, quarantine rows): what must not change unless a 200 adds to it."""
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
-        n, top, size = con.execute("SELECT count(*), coalesce(max(seq), 0), coalesce(sum(length(raw)), 0) FROM events"
+        n, top, size = con.execute("SELECT count(*), coalesce(max(seq), 0), coalesce(sum(length(raw)), 0) FROM stored_events"
                                    ).fetchone()
         (q,) = con.execute("SELECT count(*) FROM quarantine").fetchone()
     finally:
@@ -101,7 +101,7 @@ def db_fingerprint(hub: HubProcess) -> tuple[int, int, int, int]:
 def rows_after(hub: HubProcess, seq: int) -> list[tuple[str, bytes]]:
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
-        return con.execute("SELECT mid, raw FROM events WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
+        return con.execute("SELECT mid, raw FROM stored_events WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
     finally:
         con.close()
 
@@ -109,7 +109,7 @@ def rows_after(hub: HubProcess, seq: int) -> list[tuple[str, bytes]]:
 def unchanged_before(hub: HubProcess, before: tuple[int, int, int, int]) -> bool:
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
-        n, size = con.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM events WHERE seq <= ?",
+        n, size = con.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM stored_events WHERE seq <= ?",
                               (before[1],)).fetchone()
     finally:
         con.close()
@@ -375,7 +375,7 @@ def test_every_field_of_real_events_in_every_json_type(hub):
                             and isinstance(ets, (int, float)) and not isinstance(ets, bool)), (c, r["quarantined"])
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
-        stored = dict(con.execute("SELECT mid, raw FROM events WHERE mid LIKE 'types-%'"))
+        stored = dict(con.execute("SELECT mid, raw FROM stored_events WHERE mid LIKE 'types-%'"))
     finally:
         con.close()
     wrong = [m for m, raw in sent.items() if m.startswith("types-") and stored.get(m) != raw]
@@ -729,12 +729,12 @@ async def test_share_import_of_mutated_files_changes_nothing(start_hub, tmp_path
                 rng.randint(1, 64)) for _ in range(rng.randint(1, 3))]
         path = tmp_path / f"m{n}.zip"
         path.write_bytes(_mutate(data, ops))
-        before = rh.rows("SELECT count(*), coalesce(sum(length(raw)), 0) FROM events")
+        before = rh.rows("SELECT count(*), coalesce(sum(length(raw)), 0) FROM stored_events")
         before_imports = rh.rows("SELECT count(*) FROM imports")
         report = await svc.import_file(path)
         tally.add(fuzz_cases=1)
         if report.error:
             refused += 1
-            assert rh.rows("SELECT count(*), coalesce(sum(length(raw)), 0) FROM events") == before, report.error
+            assert rh.rows("SELECT count(*), coalesce(sum(length(raw)), 0) FROM stored_events") == before, report.error
             assert rh.rows("SELECT count(*) FROM imports") == before_imports
     assert refused > 10, "the mutations hardly ever broke a file: the fuzzing is too gentle"
