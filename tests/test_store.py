@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from hub.config import StoreConfig
@@ -88,6 +89,27 @@ async def test_migrates_a_version_2_database_keeping_bytes_batches_and_deliverie
         # Every event row has its bytes and no bytes are left without a row (the duplicate stored none).
         assert await store.fetchall("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_raw),"
                                     " (SELECT count(*) FROM stored_events WHERE mid = 'new')") == [(4, 4, 1)]
+    finally:
+        await store.close()
+
+
+async def test_requests_sharing_a_commit_get_their_own_duplicate_counts(tmp_path):
+    store = Store(tmp_path / "hub.db", StoreConfig())
+    await store.open()
+    try:
+        await store.add(Checked(events=[_event("old")]), source="test")
+        commits = store.stats.commits
+        # 100 rows in all: insert statements of 64 rows cross from one request into the next.
+        first = [_event(f"a{i}") for i in range(50)]
+        second = [_event("a10"), _event("old"), *(_event(f"b{i}") for i in range(46)), _event("b3"), _event("a49")]
+        r1, r2 = await asyncio.gather(store.add(Checked(events=first), source="test"),
+                                      store.add(Checked(events=second), source="test"))
+        assert store.stats.commits == commits + 1  # one group commit
+        assert ((r1.new, r1.duplicates), (r2.new, r2.duplicates)) == ((50, 0), (46, 4))
+        rows = await store.fetchall("SELECT mid, raw FROM stored_events ORDER BY seq")
+        assert [m for m, _ in rows] == ["old", *(f"a{i}" for i in range(50)), *(f"b{i}" for i in range(46))]
+        assert all(raw == b'{"mid":"%s"}' % m.encode() for m, raw in rows)
+        assert (store.stats.stored_total, store.stats.duplicates) == (97, 4)
     finally:
         await store.close()
 
