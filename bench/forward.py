@@ -81,8 +81,8 @@ async def upstream_capacity(fake: FakeUpstream, batches: int) -> float:
         return batches * 200 / (time.perf_counter() - t0)
 
 
-async def drain(fake: FakeUpstream, n: int, tmp: Path) -> tuple[float, float]:
-    """Seconds for a hub to deliver a backlog of n events; and its peak RSS in MB."""
+async def drain(fake: FakeUpstream, n: int, tmp: Path) -> tuple[float, float, float, int]:
+    """Seconds for a hub to deliver a backlog of n events; its peak RSS in MB, CPU seconds and bytes written to disk."""
     data = tmp / "drain"
     data.mkdir()
     await fill_backlog(data / "hub.db", n)
@@ -101,9 +101,12 @@ async def drain(fake: FakeUpstream, n: int, tmp: Path) -> tuple[float, float]:
                 rss = int(line.split()[1]) / 1024
         fields = Path(f"/proc/{hub.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[union-attr]
         cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, whole life
+        # What the hub had the kernel write to disk (WAL, checkpoints): wear on a Pi's SD card.
+        io = dict(line.split(": ") for line in Path(f"/proc/{hub.proc.pid}/io").read_text().splitlines())  # type: ignore[union-attr]
+        written = int(io["write_bytes"])
     finally:
         await asyncio.to_thread(hub.terminate)
-    return elapsed, rss, cpu_s
+    return elapsed, rss, cpu_s, written
 
 
 async def latency(fake: FakeUpstream, rate: int, seconds: int, tmp: Path) -> list[float]:
@@ -161,11 +164,12 @@ async def main() -> None:
             base = await upstream_capacity(fake, 300)
             fake.clear()
             print(f"upstream capacity (bare client, 1 batch of 200 in flight): {base:,.0f} events/s", flush=True)
-            elapsed, rss, cpu_s = await drain(fake, args.backlog, tmp)
+            elapsed, rss, cpu_s, written = await drain(fake, args.backlog, tmp)
             rate = args.backlog / elapsed
             print(f"hub drains a backlog of {args.backlog:,} events: {rate:,.0f} events/s "
                   f"({rate / base:.2f} of the upstream's capacity), peak RSS {rss:.0f} MB, "
-                  f"hub CPU {cpu_s / args.backlog * 1e6:.0f} us per event (start-up included)", flush=True)
+                  f"hub CPU {cpu_s / args.backlog * 1e6:.0f} us per event (start-up included), "
+                  f"{written / args.backlog / 1024:.1f} KiB written to disk per event", flush=True)
             fake.clear()
             lat = await latency(fake, args.rate, args.seconds, tmp)
             if lat:
