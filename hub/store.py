@@ -160,6 +160,10 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+# Migrations that copy every event once (a table rebuild): they need room on the disk first.
+_REBUILDS = frozenset({3})
+# Pages handed back to the file system per step after a rebuild, so the WAL stays small meanwhile.
+_RECLAIM_PAGES = 8192
 
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (seq, mid, did, eid, ets, channel, pdata_id, received_at, source) VALUES "
@@ -447,6 +451,9 @@ class Store:
                 f"database {self.path} has schema v{version}, newer than this hub (v{SCHEMA_VERSION}); "
                 "install the newer telemetry-hub again or restore a backup"
             )
+        rebuilds = version > 0 and any(v in _REBUILDS for v in range(version + 1, SCHEMA_VERSION + 1))
+        if rebuilds:
+            await asyncio.to_thread(self._check_room_to_migrate, version)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             if version:  # an existing store (a new one is simply created)
                 log.info("store schema: migrating %s to v%d; on a large store this can take minutes",
@@ -458,10 +465,50 @@ class Store:
                         await db.execute(stmt)
                 await db.execute(f"PRAGMA user_version={target}")
                 await db.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+                    raise StoreFull(self._no_room_to_migrate(version)) from None
                 raise
             log.info("store schema migrated to v%d", target)
+        if rebuilds:
+            await self._reclaim(db)
+
+    def _no_room_to_migrate(self, version: int, needed: int | None = None, free: int | None = None) -> str:
+        room = f"about {needed // 2**20} MiB free ({free // 2**20} MiB are)" if needed and free is not None else "room"
+        return (f"upgrading the store {self.path} from schema v{version} to v{SCHEMA_VERSION} copies every event "
+                f"once and needs {room} on the disk holding it, store.min_free_bytes included. Free disk space "
+                "(or move the data directory to a larger disk) and start the hub again; the store is unchanged")
+
+    def _check_room_to_migrate(self, version: int) -> None:
+        """Refuse to start a rebuild that would fill the disk halfway (it would roll back, but the hub would not start).
+
+        The copy goes to the WAL first, then into the file while the WAL is still there: two copies.
+        """
+        size, free = self._measure()
+        needed = 2 * size + self.cfg.min_free_bytes
+        if free < needed:
+            raise StoreFull(self._no_room_to_migrate(version, needed, free))
+
+    async def _reclaim(self, db: aiosqlite.Connection) -> None:
+        """Give the pages a rebuild left free back to the file system, in steps, checkpointing between them."""
+
+        async def value(pragma: str) -> int:
+            async with db.execute(pragma) as cur:
+                rows = await cur.fetchall()
+            return int(rows[0][0]) if rows and rows[0] and rows[0][0] is not None else 0
+
+        if await value("PRAGMA auto_vacuum") != 2:  # a file made without incremental vacuum keeps its pages
+            return
+        free = await value("PRAGMA freelist_count")
+        while free:
+            await value(f"PRAGMA incremental_vacuum({_RECLAIM_PAGES})")
+            await value("PRAGMA wal_checkpoint(TRUNCATE)")
+            free, before = await value("PRAGMA freelist_count"), free
+            if free >= before:
+                break
+        log.info("store schema: space left by the upgrade handed back; %s is %d MiB",
+                 self.path, self._measure()[0] // 2**20)
 
     async def _load_stats(self) -> None:
         s = self.stats
