@@ -16,7 +16,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -107,33 +107,57 @@ def check_store(hub: HubProcess, ledger: Ledger) -> None:
     assert not ledger.unexpected, f"answers other than 200 and 503 + Retry-After: {ledger.unexpected[:5]}"
 
 
+@contextlib.asynccontextmanager
+async def hub_under_load(hub: HubProcess, ledger: Ledger, prefix: str, devices: int, sizes: tuple[int, ...]
+                         ) -> AsyncIterator[tuple[aiohttp.ClientSession, Callable[[], Awaitable[None]]]]:
+    """Start the hub with `devices` devices sending to it; yield the session and a call that stops the devices.
+
+    On the way out the devices are stopped (if they are not yet) and the hub gets SIGTERM and must exit 0;
+    it is killed whatever happened.
+    """
+    stop = asyncio.Event()
+    try:
+        await asyncio.to_thread(hub.start)
+        async with aiohttp.ClientSession() as http:
+            tasks = [asyncio.create_task(device(http, hub.url, f"{prefix}-{i}", ledger, stop, random.Random(i),
+                                                sizes=sizes, pause=0.02)) for i in range(devices)]
+
+            async def stop_devices() -> None:
+                stop.set()
+                await asyncio.gather(*tasks)
+
+            try:
+                yield http, stop_devices
+            finally:
+                await stop_devices()
+        assert await asyncio.to_thread(hub.terminate) == 0, hub.log()
+    finally:
+        hub.kill()
+
+
+async def resumes(ledger: Ledger, timeout: float, message: str) -> float:
+    """Wait until a few more requests got their 200 (room came back); return how long that took."""
+    n = ledger.statuses[200]
+    return await wait_for(lambda: ledger.statuses[200] > n + 5, timeout, message)
+
+
 async def test_free_space_floor_refuses_then_resumes(tmp_path):
     async with small_disk(tmp_path / "disk") as disk:
         cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": "256 KiB"})
         hub = HubProcess(disk / "data", config=cfg)
         hub.log_path = tmp_path / "hub.log"
-        ledger, stop = Ledger(), asyncio.Event()
-        try:
-            await asyncio.to_thread(hub.start)
-            async with aiohttp.ClientSession() as http:
-                devices = [asyncio.create_task(device(http, hub.url, f"floor-{i}", ledger, stop, random.Random(i),
-                                                      sizes=(1, 5, 20, 50), pause=0.02)) for i in range(2)]
-                await wait_for(lambda: len(ledger.acked) > 200, 20, "no data accepted at first")
-                fill(disk / "filler", leave=1536 * 1024)  # the hub's own data takes the rest
-                await wait_for(lambda: ledger.statuses[503] > 0, 30, "the hub never refused data on a full disk")
-                acked_when_full = len(ledger.acked)
-                await asyncio.sleep(2.0)
-                problem = await check_reads(http, hub)
-                assert "free" in problem, problem
-                assert len(ledger.acked) - acked_when_full < 200, "went on accepting below the floor"
-                (disk / "filler").unlink()
-                n = ledger.statuses[200]
-                took = await wait_for(lambda: ledger.statuses[200] > n + 5, 10, "did not accept data again")
-                stop.set()
-                await asyncio.gather(*devices)
-            assert await asyncio.to_thread(hub.terminate) == 0, hub.log()
-        finally:
-            hub.kill()
+        ledger = Ledger()
+        async with hub_under_load(hub, ledger, "floor", 2, (1, 5, 20, 50)) as (http, _):
+            await wait_for(lambda: len(ledger.acked) > 200, 20, "no data accepted at first")
+            fill(disk / "filler", leave=1536 * 1024)  # the hub's own data takes the rest
+            await wait_for(lambda: ledger.statuses[503] > 0, 30, "the hub never refused data on a full disk")
+            acked_when_full = len(ledger.acked)
+            await asyncio.sleep(2.0)
+            problem = await check_reads(http, hub)
+            assert "free" in problem, problem
+            assert len(ledger.acked) - acked_when_full < 200, "went on accepting below the floor"
+            (disk / "filler").unlink()
+            took = await resumes(ledger, 10, "did not accept data again")
         check_store(hub, ledger)
         print(f"floor: {dict(ledger.statuses)}; resumed {took:.1f}s after room came back")
 
@@ -145,26 +169,18 @@ async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tm
     cfg = write_config(tmp_path / "hub.toml", store={"max_bytes": "3 MiB", "min_free_bytes": "1 MiB"},
                        upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3, "probe_interval": 0.2})
     hub = HubProcess(tmp_path / "data", config=cfg)
-    ledger, stop = Ledger(), asyncio.Event()
+    ledger = Ledger()
     try:
-        await asyncio.to_thread(hub.start)
-        async with aiohttp.ClientSession() as http:
-            devices = [asyncio.create_task(device(http, hub.url, f"cap-{i}", ledger, stop, random.Random(i),
-                                                  sizes=(1, 5, 20, 50), pause=0.02)) for i in range(2)]
+        async with hub_under_load(hub, ledger, "cap", 2, (1, 5, 20, 50)) as (http, stop_devices):
             await wait_for(lambda: ledger.statuses[503] > 0, 30, "the hub never refused data at its cap")
             await asyncio.sleep(1.0)
             problem = await check_reads(http, hub)
             assert "cap" in problem, problem
             await fake.up()  # upstream takes the backlog: the delivered events make room
-            n = ledger.statuses[200]
-            took = await wait_for(lambda: ledger.statuses[200] > n + 5, 20,
-                                  "did not accept data again after upstream took the backlog")
-            stop.set()
-            await asyncio.gather(*devices)
+            took = await resumes(ledger, 20, "did not accept data again after upstream took the backlog")
+            await stop_devices()
             await wait_for(lambda: ledger.acked <= fake.mids, 30, "acked events did not reach upstream")
-        assert await asyncio.to_thread(hub.terminate) == 0, hub.log()
     finally:
-        hub.kill()
         await fake.stop()
     # Delivered events may have been deleted early to make room: survival is checked upstream.
     integrity, stored, _ = db_check(hub.data_dir / "hub.db")
@@ -180,37 +196,31 @@ async def test_sqlite_full_is_503_and_recovers(tmp_path):
     """No floor: the disk fills to the last byte, so a commit itself fails; nothing half-stored, no 500."""
     fake = FakeUpstream(fail_rate=1.0)  # the forwarder keeps writing (batches, attempts) into the full store
     await fake.start()
-    async with small_disk(tmp_path / "disk") as disk:
-        cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": 0},
-                           upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.2,
-                                     "probe_interval": 0.2, "batch_events": 20})
-        hub = HubProcess(disk / "data", config=cfg)
-        hub.log_path = tmp_path / "hub.log"
-        ledger, stop = Ledger(), asyncio.Event()
-        try:
-            await asyncio.to_thread(hub.start)
-            async with aiohttp.ClientSession() as http:
-                devices = [asyncio.create_task(device(http, hub.url, f"brim-{i}", ledger, stop, random.Random(i),
-                                                      sizes=(1, 5, 20, 100), pause=0.02)) for i in range(3)]
+    try:
+        async with small_disk(tmp_path / "disk") as disk:
+            cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": 0},
+                               upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.2,
+                                         "probe_interval": 0.2, "batch_events": 20})
+            hub = HubProcess(disk / "data", config=cfg)
+            hub.log_path = tmp_path / "hub.log"
+            ledger = Ledger()
+            async with hub_under_load(hub, ledger, "brim", 3, (1, 5, 20, 100)) as (http, stop_devices):
                 await wait_for(lambda: len(ledger.acked) > 200, 20, "no data accepted at first")
                 fill(disk / "filler")
                 await wait_for(lambda: ledger.statuses[503] > 0, 30, "a full disk never led to 503")
                 await asyncio.sleep(1.5)
                 await check_reads(http, hub)
                 (disk / "filler").unlink()
-                n = ledger.statuses[200]
-                took = await wait_for(lambda: ledger.statuses[200] > n + 5, 10, "did not accept data again")
-                stop.set()
-                await asyncio.gather(*devices)
+                took = await resumes(ledger, 10, "did not accept data again")
+                await stop_devices()
                 fake.configure(fail_rate=0.0)
                 await wait_for(lambda: ledger.acked <= fake.mids, 30, "acked events did not reach upstream afterwards")
-            assert await asyncio.to_thread(hub.terminate) == 0, hub.log()
-        finally:
-            hub.kill()
-            await fake.stop()
-        check_store(hub, ledger)
-        # Every traceback logged must be the forwarder meeting the full disk (it retries; see the report).
-        for block in hub.log_path.read_text().split("Traceback (most recent call last):")[1:]:
-            last = next(line for line in block.splitlines()[1:] if line and not line.startswith(" "))
-            assert last.startswith("hub.errors.StoreFull"), block[:3000]
-        print(f"SQLITE_FULL: {dict(ledger.statuses)}; resumed {took:.1f}s after room came back")
+            check_store(hub, ledger)
+    finally:
+        await fake.stop()
+    # Every traceback logged must be the forwarder meeting the full disk (it retries; see the report).
+    for block in hub.log_path.read_text().split("Traceback (most recent call last):")[1:]:
+        last = next(line for line in block.splitlines()[1:] if line and not line.startswith(" "))
+        assert last.startswith("hub.errors.StoreFull"), block[:3000]
+    print(f"SQLITE_FULL: {dict(ledger.statuses)}; resumed {took:.1f}s after room came back")
+
