@@ -164,6 +164,8 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 _REBUILDS = frozenset({3})
 # Pages handed back to the file system per step after a rebuild, so the WAL stays small meanwhile.
 _RECLAIM_PAGES = 8192
+# Room asked for beyond the two copies a rebuild makes (new indexes, the -shm file).
+_MIGRATE_MARGIN = 1 * 2**20
 
 _INSERT_EVENT = (
     "INSERT OR IGNORE INTO events (seq, mid, did, eid, ets, channel, pdata_id, received_at, source) VALUES "
@@ -477,16 +479,18 @@ class Store:
     def _no_room_to_migrate(self, version: int, needed: int | None = None, free: int | None = None) -> str:
         room = f"about {needed // 2**20} MiB free ({free // 2**20} MiB are)" if needed and free is not None else "room"
         return (f"upgrading the store {self.path} from schema v{version} to v{SCHEMA_VERSION} copies every event "
-                f"once and needs {room} on the disk holding it, store.min_free_bytes included. Free disk space "
-                "(or move the data directory to a larger disk) and start the hub again; the store is unchanged")
+                f"once and needs {room} on the disk holding it. Free disk space (or move the data directory "
+                "to a larger disk) and start the hub again; the store is unchanged")
 
     def _check_room_to_migrate(self, version: int) -> None:
-        """Refuse to start a rebuild that would fill the disk halfway (it would roll back, but the hub would not start).
+        """Refuse to start a rebuild the disk cannot hold (it would roll back, and the hub would not start).
 
         The copy goes to the WAL first, then into the file while the WAL is still there: two copies.
+        store.min_free_bytes is not added: a hub that upgrades and then sits below its floor still
+        forwards, and so makes room, where a hub that does not start cannot.
         """
         size, free = self._measure()
-        needed = 2 * size + self.cfg.min_free_bytes
+        needed = 2 * size + _MIGRATE_MARGIN
         if free < needed:
             raise StoreFull(self._no_room_to_migrate(version, needed, free))
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import sqlite3
 
-import pytest
-
 from hub.config import StoreConfig
-from hub.errors import StoreFull
 from hub.store import _MIGRATIONS, SCHEMA_VERSION, Store
 from hub.telemetry import Checked, Event
+from reliability.helpers import version_2_store
 
 
 def _event(mid: str) -> Event:
@@ -119,28 +115,13 @@ async def test_requests_sharing_a_commit_get_their_own_duplicate_counts(tmp_path
         await store.close()
 
 
-def _version_2_store(path, events: int) -> int:
-    """A v2 store made as the hub of that version made it (incremental vacuum on), with ~1 KB events; its size."""
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute("PRAGMA auto_vacuum=INCREMENTAL")
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(_MIGRATIONS[0] + ";" + _MIGRATIONS[1] + "; PRAGMA user_version=2")
-    con.execute("BEGIN")
-    con.executemany("INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES (?, 'LOG', 1, 1, 'api', ?)",
-                    [(f"m{i}", os.urandom(500).hex().encode()) for i in range(events)])
-    con.execute("COMMIT")
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    con.close()
-    return path.stat().st_size
-
-
 def _store_bytes(path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
 async def test_upgrading_a_version_2_store_hands_the_space_of_the_copy_back(tmp_path):
     path = tmp_path / "hub.db"
-    before = _version_2_store(path, 4000)
+    before = version_2_store(path, 4000)
     store = Store(path, StoreConfig())
     await store.open()
     try:
@@ -151,23 +132,6 @@ async def test_upgrading_a_version_2_store_hands_the_space_of_the_copy_back(tmp_
         assert _store_bytes(path) < 1.2 * before, (_store_bytes(path), before)
     finally:
         await store.close()
-
-
-async def test_an_upgrade_the_disk_has_no_room_for_is_refused_and_changes_nothing(tmp_path):
-    path = tmp_path / "hub.db"
-    size = _version_2_store(path, 2000)
-    free = shutil.disk_usage(tmp_path).free
-    # The copy needs twice the store plus the free-space floor; leave room for only one copy.
-    store = Store(path, StoreConfig(min_free_bytes=max(0, free - size)))
-    with pytest.raises(StoreFull, match=r"needs about \d+ MiB free \(\d+ MiB are\).*the store is unchanged"):
-        await store.open()
-    await store.close()
-    con = sqlite3.connect(path)
-    try:
-        assert con.execute("PRAGMA user_version").fetchone() == (2,)
-        assert con.execute("SELECT count(*), sum(length(raw)) FROM events").fetchone() == (2000, 2000 * 1000)
-    finally:
-        con.close()
 
 
 async def test_counters_survive_a_restart(tmp_path):

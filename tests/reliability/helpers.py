@@ -154,3 +154,23 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+def version_2_store(path: Path, events: int) -> int:
+    """A store of schema v2 made as the hub of that version made it, with ~1 KB events; returns its size.
+
+    For the upgrade tests: it is built from the hub's own v1 and v2 migrations.
+    """
+    from hub.store import _MIGRATIONS
+
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA auto_vacuum=INCREMENTAL")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_MIGRATIONS[0] + ";" + _MIGRATIONS[1] + "; PRAGMA user_version=2")
+    con.execute("BEGIN")
+    con.executemany("INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES (?, 'LOG', 1, 1, 'api', ?)",
+                    [(f"m{i}", os.urandom(500).hex().encode()) for i in range(events)])
+    con.execute("COMMIT")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return path.stat().st_size

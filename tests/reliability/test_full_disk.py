@@ -1,10 +1,11 @@
 """Full disk: the hub refuses new data with 503 + Retry-After, keeps serving reads, corrupts and loses nothing,
 and takes data again by itself once there is room.
 
-Three ways to run out of room, each on a real file system:
+Three ways to run out of room while running, each on a real file system:
 - the free-space floor (store.min_free_bytes) on a small tmpfs filled by a filler file plus the hub's own data;
 - the store cap (store.max_bytes), with upstream down at first: room comes back when upstream takes the backlog;
 - the disk filled to the brim with no floor (min_free_bytes = 0), so that a commit itself fails with SQLITE_FULL.
+And one at start-up: an upgrade of the store's schema that the disk has no room for.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import contextlib
 import errno
 import os
 import random
+import re
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 from hubproc import HubProcess
 from upstream import FakeUpstream
 
 from reliability import tally
-from reliability.helpers import Ledger, db_check, device, require, write_config
+from reliability.helpers import Ledger, db_check, device, require, version_2_store, write_config
 
 DISK = "8m"
 
@@ -224,3 +228,39 @@ async def test_sqlite_full_is_503_and_recovers(tmp_path):
         assert last.startswith("hub.errors.StoreFull"), block[:3000]
     print(f"SQLITE_FULL: {dict(ledger.statuses)}; resumed {took:.1f}s after room came back")
 
+
+async def test_an_upgrade_the_disk_has_no_room_for_is_refused_and_changes_nothing(tmp_path):
+    """A v2 store on a nearly full disk: the new hub says how much room the upgrade needs, exits 1, keeps the store."""
+    async with small_disk(tmp_path / "disk") as disk:
+        data = disk / "data"
+        data.mkdir()
+        size = version_2_store(data / "hub.db", 1200)  # about 1.5 MB of events, on a disk of 8 MB
+        fill(disk / "filler", leave=size)  # room for one more copy, not the two the upgrade makes
+        hub = HubProcess(data)
+        hub.log_path = tmp_path / "hub.log"
+        try:
+            with pytest.raises(RuntimeError, match=r"exited with 1"):
+                await asyncio.to_thread(hub.start)
+        finally:
+            hub.kill()
+        log = hub.log_path.read_text()
+        assert re.search(r"upgrading the store .* needs about \d+ MiB free \(\d+ MiB are\).*the store is unchanged",
+                         log), log
+        assert "Traceback" not in log, log
+        con = sqlite3.connect(data / "hub.db")
+        try:  # still v2, every event and its bytes where they were
+            assert con.execute("PRAGMA user_version").fetchone() == (2,)
+            assert con.execute("SELECT count(*), sum(length(raw)) FROM events").fetchone() == (1200, 1200 * 1000)
+        finally:
+            con.close()
+        (disk / "filler").unlink()  # with room, the same store upgrades and serves
+        cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": "256 KiB"})  # the default floor is 200 MiB
+        hub = HubProcess(data, config=cfg)
+        hub.log_path = tmp_path / "hub2.log"
+        try:
+            await asyncio.to_thread(hub.start)
+            assert await asyncio.to_thread(hub.terminate) == 0, hub.log()
+        finally:
+            hub.kill()
+        integrity, stored, _ = db_check(data / "hub.db")
+        assert integrity == "ok" and len(stored) == 1200
