@@ -30,7 +30,8 @@ def _resolve(uri: str) -> dict[str, Any]:
     return _load(uri[len(_PREFIX):])
 
 
-# Warning-only checks per second: about 10 us each, so at most ~1% of one core on a busy hub.
+# Warning-only checks per second: about 31 us each on the development machine (building the event's
+# object, then validating it; measured on the sample events), so at most ~3% of one core on a busy hub.
 _WARN_CHECKS_PER_S = 1000.0
 
 
