@@ -134,6 +134,15 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """When the status page and /health ask for someone's attention: thresholds, not limits."""
+
+    upstream_down_minutes: float = 30.0  # unreachable this long with events waiting: a warning
+    dead_letters: int = 50  # this many events refused by upstream: a warning (fewer: a note)
+    store_warn_fraction: float = 0.8  # this full against store.max_bytes: a warning, before refusing
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole hub configuration, one frozen section per concern."""
 
@@ -145,6 +154,7 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     share: ShareConfig = field(default_factory=ShareConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -276,6 +286,12 @@ def _validate(cfg: Config) -> None:
     for w in cfg.upstream.upload_windows:
         if not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", w):
             raise ConfigError(f"upstream.upload_windows: {w!r} is not a window like \"22:00-06:00\"")
+    if cfg.health.upstream_down_minutes <= 0:
+        raise ConfigError("health.upstream_down_minutes: must be more than 0")
+    if cfg.health.dead_letters < 1:
+        raise ConfigError("health.dead_letters: must be at least 1")
+    if not 0 < cfg.health.store_warn_fraction <= 1:
+        raise ConfigError("health.store_warn_fraction: must be more than 0 and at most 1 (0.8 = 80%)")
     normalise_upstream_url(cfg.upstream.url)
 
 

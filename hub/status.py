@@ -36,13 +36,6 @@ log = logging.getLogger(__name__)
 
 # Health reports "full" once a typical request would no longer fit.
 _HEALTH_MARGIN_BYTES = 32 * 1024
-# Upstream down for this long with events waiting is worth someone's attention (s). Poor WAN links
-# drop for minutes at a time, which is normal and needs nobody.
-_UNREACHABLE_WARN_S = 30 * 60
-# This many dead letters (events upstream refused) makes the hub "need attention"; fewer are listed only.
-_MANY_DEAD_LETTERS = 50
-# Warn when the store is this full against store.max_bytes, before it starts refusing.
-_CAP_WARN_FRACTION = 0.8
 _RECENT_DEVICES = 20
 _TOP_REASONS = 5
 _REFRESH_S = 30  # page auto-refresh (s)
@@ -155,6 +148,7 @@ class Status:
         s = self.store.stats
         st = self.forwarder.state
         cap = self.store.cfg.max_bytes
+        health = self.cfg.health
         out: list[Problem] = []
         if not writable:
             out.append(Problem("critical", "store-not-writable",
@@ -163,7 +157,7 @@ class Status:
         space = self.store.space_problem(_HEALTH_MARGIN_BYTES)
         if space:
             out.append(Problem("critical", "store-full", f"New telemetry is refused: {space}."))
-        elif cap and s.db_bytes >= _CAP_WARN_FRACTION * cap:
+        elif cap and s.db_bytes >= health.store_warn_fraction * cap:
             out.append(Problem("warning", "store-nearly-full",
                                f"The store is at {100 * s.db_bytes // cap}% of its cap ({_bytes(s.db_bytes)} of "
                                f"{_bytes(cap)}, store.max_bytes); at 100% it refuses new telemetry. "
@@ -182,12 +176,12 @@ class Status:
                                "upstream.api_key_file; the hub retries by itself."))
         elif st.link == "down":
             since = self._down_since or st.last_error_at or now
-            if s.backlog and now - since >= _UNREACHABLE_WARN_S:
+            if s.backlog and now - since >= health.upstream_down_minutes * 60:
                 out.append(Problem("warning", "upstream-unreachable",
                                    f"The institute's server has been unreachable for {_duration(now - since)} and "
                                    f"{s.backlog:,} events are waiting. Check the internet link; the events are "
                                    "kept and sent when it works again."))
-        if s.dead_letters >= _MANY_DEAD_LETTERS:
+        if s.dead_letters >= health.dead_letters:
             out.append(Problem("warning", "dead-letters",
                                f"{s.dead_letters:,} events were refused by the institute's server (dead letters). "
                                "List them with `telemetry-hub dead-letter list`; re-queue them once the cause is fixed."))
@@ -308,6 +302,7 @@ class Status:
                 "db_bytes": s.db_bytes,
                 "max_bytes": cap,
                 "used_fraction": round(s.db_bytes / cap, 4) if cap else None,
+                "warn_fraction": self.cfg.health.store_warn_fraction,
                 "free_bytes": s.free_bytes,
                 "min_free_bytes": store.cfg.min_free_bytes,
                 "last_commit_at": s.last_commit_at or None,
@@ -838,8 +833,8 @@ def _render_page(facts: Mapping[str, Any], *, synced: str | None = None, can_imp
     out.append('<section class="card" id="upstream"><h2>Upstream</h2><dl>'
                + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl></section>")
 
-    used = st["used_fraction"] or 0.0
-    bar_cls = "full" if not st["accepting"] else "warn" if used >= _CAP_WARN_FRACTION else ""
+    used = st["db_bytes"] / st["max_bytes"] if st["max_bytes"] else 0.0  # unrounded, like the assessment
+    bar_cls = "full" if not st["accepting"] else "warn" if used >= st["warn_fraction"] else ""
     out.append(
         '<section class="card" id="storage"><h2>Storage</h2>'
         f'<div class="bar {bar_cls}" title="{100 * used:.0f}% of the cap"><span style="width:{min(100.0, 100 * used):.1f}%">'

@@ -14,7 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import hub_config
 from events import js_request, make_events
-from hub import status as status_module
 from hub.discovery import local_urls
 from hub.status import page_needs_token
 from drive import FAST as DRIVE_FAST
@@ -250,20 +249,42 @@ def test_token_rule_auto_means_yes_unless_loopback(tmp_path):
     assert needs("127.0.0.1", "yes") and not needs("", "no")
 
 
-async def test_unreachable_upstream_with_a_backlog_is_reported(start_hub, http, upstream, monkeypatch):
-    monkeypatch.setattr(status_module, "_UNREACHABLE_WARN_S", 0.0)
+async def test_unreachable_upstream_with_a_backlog_is_reported_after_health_upstream_down_minutes(
+        start_hub, http, upstream):
     await upstream.down()
-    hub = await start_hub(upstream={"url": upstream.base_url, **FAST, "backoff_initial": 30, "backoff_max": 60})
+    hub = await start_hub(upstream={"url": upstream.base_url, **FAST, "backoff_initial": 30, "backoff_max": 60},
+                          health={"upstream_down_minutes": 0.1})
     await post(http, hub, make_events(3, did="tablet-a"), "tablet-a")
     await wait_for(lambda: hub.hub.forwarder.state.link == "down", what="the link down")
-    async with http.get(hub.url + "/status.json") as r:
-        facts = await r.json()
+
+    async def status() -> dict:
+        async with http.get(hub.url + "/status.json") as r:
+            return await r.json()
+
+    # Just down: links drop for a while and that needs nobody; after 6 s (0.1 minutes) it does.
+    assert "upstream-unreachable" not in {p["code"] for p in (await status())["problems"]}
+    deadline = time.monotonic() + 30
+    while (facts := await status())["state"] != "attention" and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
     assert facts["state"] == "attention"
     problem = next(p for p in facts["problems"] if p["code"] == "upstream-unreachable")
     assert "unreachable" in problem["message"] and "3 events are waiting" in problem["message"]
     assert facts["upstream"]["unreachable_since"] and "cannot connect" in facts["upstream"]["last_error"]
     async with http.get(hub.url + "/health") as r:
         assert r.status == 200  # the hub still stores: not a 503
+
+
+async def test_dead_letter_and_store_warnings_follow_the_health_section(start_hub, http, upstream):
+    # With the defaults this hub has one dead letter (a note) and a nearly empty store (nothing to say).
+    hub = await populate(start_hub, http, upstream, health={"dead_letters": 1, "store_warn_fraction": 0.00001})
+    async with http.get(hub.url + "/status.json") as r:
+        facts = await r.json()
+    severity = {p["code"]: p["severity"] for p in facts["problems"]}
+    assert severity["dead-letters"] == "warning" and severity["store-nearly-full"] == "warning", severity
+    assert facts["store"]["warn_fraction"] == 0.00001
+    async with http.get(hub.url + "/") as r:
+        page = await r.text()
+        assert 'class="bar warn"' in page, re.findall(r'class="bar[^"]*"[^>]*>', page)
 
 
 async def test_a_full_store_is_failing_everywhere(start_hub, http):
