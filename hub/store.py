@@ -946,22 +946,25 @@ class Store:
         """Move a batch's events (upstream refused them) to the dead-letter table, with the reason."""
         now = int(time.time() * 1000)
 
-        async def job(db: aiosqlite.Connection) -> int:
-            await db.execute(
-                "INSERT OR REPLACE INTO dead_letter"
-                " (mid, did, eid, ets, channel, pdata_id, received_at, source, raw, reason, failed_at)"
-                " SELECT mid, did, eid, ets, channel, pdata_id, received_at, source, raw, ?, ?"
-                " FROM events JOIN event_raw USING (seq) WHERE batch_id = ? AND delivered_at IS NULL",
-                (reason, now, batch_id),
-            )
-            await db.execute(
-                "DELETE FROM event_raw WHERE seq IN"
-                " (SELECT seq FROM events WHERE batch_id = ? AND delivered_at IS NULL)",
+        def job(conn: sqlite3.Connection) -> int:
+            # Only what was copied is deleted: the seqs are read once, through the same join as the copy.
+            seqs = [seq for (seq,) in conn.execute(
+                "SELECT seq FROM events JOIN event_raw USING (seq) WHERE batch_id = ? AND delivered_at IS NULL",
                 (batch_id,),
-            )
-            cur = await db.execute("DELETE FROM events WHERE batch_id = ? AND delivered_at IS NULL", (batch_id,))
-            await db.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
-            return max(cur.rowcount, 0)
+            )]
+            marks = ",".join("?" * len(seqs))
+            if seqs:
+                conn.execute(
+                    "INSERT OR REPLACE INTO dead_letter"
+                    " (mid, did, eid, ets, channel, pdata_id, received_at, source, raw, reason, failed_at)"
+                    " SELECT mid, did, eid, ets, channel, pdata_id, received_at, source, raw, ?, ?"
+                    f" FROM events JOIN event_raw USING (seq) WHERE seq IN ({marks})",
+                    (reason, now, *seqs),
+                )
+                conn.execute(f"DELETE FROM event_raw WHERE seq IN ({marks})", seqs)
+                conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", seqs)
+            conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            return len(seqs)
 
         n = await self.write(job)
         self.stats.backlog -= n
