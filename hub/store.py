@@ -19,7 +19,7 @@ import aiosqlite
 
 from .config import StoreConfig
 from .errors import StoreClosed, StoreFull
-from .telemetry import Checked
+from .telemetry import Checked, sqlite_text
 
 __all__ = ["AddResult", "Batch", "Store", "StoreStats", "SCHEMA_VERSION", "Taken"]
 
@@ -216,20 +216,6 @@ def _insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], raws: 
         )
         new += added
     return new
-
-
-def _text(value: str | None) -> str | None:
-    """A str SQLite can store: lone surrogates (valid JSON escapes, undecodable X-Device-Id bytes) become U+FFFD.
-
-    sqlite3 raises UnicodeEncodeError on them, which would fail the whole group commit.
-    """
-    if value is None or value.isascii():
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _transaction(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -737,13 +723,13 @@ class Store:
         plan: list[_RequestPlan] = []
         try:
             for p in group:
-                source = _text(p.source)
-                device = _text(p.device)
+                source = sqlite_text(p.source)
+                device = sqlite_text(p.device)
                 # Event fields are already SQLite-safe (see telemetry.Event); only the request's own need care.
                 rows = [(e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source)
                         for e in p.checked.events]
                 raws = [e.raw for e in p.checked.events]
-                quarantine = [(now_ms, source, _text(p.device), _text(x.mid), x.reason, x.raw)
+                quarantine = [(now_ms, source, sqlite_text(p.device), sqlite_text(x.mid), x.reason, x.raw)
                               for x in p.checked.quarantined]
                 for row in rows:
                     if row[1]:

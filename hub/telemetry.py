@@ -28,6 +28,7 @@ __all__ = [
     "check_events",
     "success_body",
     "error_body",
+    "sqlite_text",
 ]
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -272,17 +273,23 @@ def _problem(obj: Any) -> str | None:
     return None
 
 
-def _str(value: Any) -> str | None:
-    """A non-empty string field as SQLite can store it (lone surrogates become U+FFFD), else None."""
-    if not isinstance(value, str) or not value:
-        return None
-    if value.isascii():
+def sqlite_text(value: str | None) -> str | None:
+    """A str SQLite can store: lone surrogates (valid JSON escapes, undecodable X-Device-Id bytes) become U+FFFD.
+
+    sqlite3 raises UnicodeEncodeError on them, which would fail the whole group commit.
+    """
+    if value is None or value.isascii():
         return value
     try:
         value.encode("utf-8")
         return value
-    except UnicodeEncodeError:  # a valid JSON escape such as \ud800, which sqlite3 cannot encode
+    except UnicodeEncodeError:
         return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _str(value: Any) -> str | None:
+    """A non-empty string field as SQLite can store it, else None."""
+    return sqlite_text(value) if isinstance(value, str) and value else None
 
 
 def _float(value: int | float) -> float:
