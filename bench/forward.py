@@ -35,7 +35,8 @@ from hubproc import HubProcess  # noqa: E402
 from upstream import FakeUpstream  # noqa: E402
 
 from hub.config import StoreConfig  # noqa: E402
-from hub.store import Store, _insert_events  # noqa: E402
+from hub.store import Store  # noqa: E402
+from hub.store.writes import insert_events  # noqa: E402
 
 
 def health(url: str) -> dict:
@@ -60,7 +61,7 @@ async def fill_backlog(db: Path, n: int) -> None:
             ctx = e["context"]
             rows.append((e["mid"], ctx.get("did"), e["eid"], e["ets"], ctx.get("channel"), ctx["pdata"].get("id"),
                          now, "bench"))
-        _insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
+        insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
         con.commit()
     con.close()
 

@@ -1,39 +1,43 @@
-"""The composition root: builds the parts from config, owns start-up and graceful shutdown."""
+"""The composition root: builds the parts from config, owns start-up, the scheduler and graceful shutdown.
+
+Nothing else constructs a Store, a Forwarder or the web layer: `Hub` does for `telemetry-hub run`,
+and `local_parts` does for the CLI commands that work on a data directory directly.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import secrets
 import signal
 import socket
 import sqlite3
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
 
-from aiohttp import web
-
-from . import __version__
-from .config import Config
-from .errors import ConfigError, HubError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .admin import AdminGate
-from .control import Control
-from .forward import Forwarder
-from .imports import ShareService
-from .sdnotify import Notifier, Watchdog
+from . import __version__, secrets
+from .config import Config
 from .discovery import Advertiser, default_instance_name, local_urls, txt_properties
-from .ingest import DEVICE_PATHS, Ingest, KeyRing, answer_and_close, sunbird_error
-from .status import Status
-from .tls import TlsMaterial, load_or_create
+from .errors import ConfigError, HubError
+from .facts import StatusFacts
+from .forward import Forwarder, make_sink
+from .metrics import Metrics
+from .schema import SchemaChecker
+from .sdnotify import Notifier, Watchdog
+from .share import Importer
 from .store import Store
+from .tls import TlsMaterial, load_or_create
+from .web.admin import AdminGate, Control
+from .web.device import DEVICE_PATHS, Ingest, KeyRing
+from .web.server import WebServer
+from .web.share import ShareHandlers
+from .web.status import StatusPages
 
-__all__ = ["Hub", "read_secret_file"]
+__all__ = ["Hub", "LocalParts", "local_parts"]
 
 log = logging.getLogger(__name__)
 
@@ -43,106 +47,41 @@ API_VERSION = "1.0"
 _STATUS_INTERVAL_S = 10.0
 
 
-def read_secret_file(path: Path) -> str:
-    """Read a key file, stripped; the key itself is never logged."""
+async def _open_store(cfg: Config) -> Store:
+    """Open the store in the data directory; a damaged file is named with what to do."""
+    store = Store(cfg.data_dir / "hub.db", cfg.store)
     try:
-        return path.read_text("utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+        await store.open()
+    except BaseException as exc:
+        await store.close()  # a half-open store's connection threads would keep the process alive
+        if not isinstance(exc, sqlite3.DatabaseError):
+            raise
+        raise HubError(f"cannot open the database {store.path} ({exc}). If the file is damaged, move it "
+                       "aside (keep it: its events can be recovered) and start again with an empty one") from None
+    return store
 
 
-def _stable_value(path: Path, make: str) -> str:
-    """Read a value kept in the data dir, creating it once (mode 0600) when missing."""
+@dataclass
+class LocalParts:
+    """What a CLI command working on a data directory needs, built as `run` builds it."""
+
+    store: Store
+    importer: Importer
+    hub_id: str
+
+
+@contextlib.asynccontextmanager
+async def local_parts(cfg: Config) -> AsyncIterator[LocalParts]:
+    """Open an existing hub's store (another process may be running it: WAL allows that) and its importer."""
+    db = cfg.data_dir / "hub.db"
+    if not db.exists():
+        raise HubError(f"no hub database at {db}: give the data directory of a hub that has run (--data-dir), "
+                       "or a running hub (--url)")
+    store = await _open_store(cfg)
     try:
-        value = path.read_text("utf-8").strip()
-        if value:
-            return value
-    except FileNotFoundError:
-        pass
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(make + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return make
-
-
-def _bound_port(site: web.TCPSite, configured: int) -> int:
-    """The port a site really listens on (differs from the config when it asked for port 0)."""
-    server = getattr(site, "_server", None)
-    sockets = server.sockets if server is not None else []
-    return int(sockets[0].getsockname()[1]) if sockets else configured
-
-
-_BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
-                b"Content-Length: 44\r\nConnection: close\r\n\r\ntoo many connections; retry in a few seconds")
-
-
-async def _listen(site: web.TCPSite, where: str, setting: str) -> None:
-    """Start listening, turning 'address in use' and friends into a sentence for branch IT."""
-    try:
-        await site.start()
-    except OSError as exc:
-        raise HubError(f"cannot listen on {where}: {exc.strerror or exc}. Is another telemetry-hub (or another "
-                       f"program) using that port? Stop it, or set {setting} in the config") from None
-
-
-class _LimitedRunner(web.AppRunner):
-    """An AppRunner serving at most server.max_connections connections at once, so memory stays bounded.
-
-    At the limit a new connection takes the place of the oldest idle one (no request in progress:
-    kept alive, or still trickling its headers), else of the oldest one that has been open longer
-    than server.client_timeout (a slow client); only when every connection is busy and young is the
-    new one turned away with a 503. Idle or slow sockets thus cannot lock devices out.
-    """
-
-    def __init__(self, app: web.Application, *, max_connections: int, client_timeout: float, **kwargs: object) -> None:
-        super().__init__(app, **kwargs)  # type: ignore[arg-type]
-        self.max_connections = max_connections
-        self.client_timeout = client_timeout
-        self.shed = 0  # connections closed because of the limit
-        self._born: dict[object, float] = {}
-        self._warned = False
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        made, lost = server.connection_made, server.connection_lost
-
-        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
-            made(handler, transport)
-            self._born[handler] = asyncio.get_running_loop().time()
-            if self.max_connections:
-                self._limit(server, handler)
-
-        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
-            self._born.pop(handler, None)
-            lost(handler, exc)
-
-        server.connection_made = connection_made  # type: ignore[method-assign]
-        server.connection_lost = connection_lost  # type: ignore[method-assign]
-        return server
-
-    def _limit(self, server: web.Server, new: Any) -> None:
-        open_ = [h for h, t in server._connections.items() if not t.is_closing()]
-        if len(open_) <= self.max_connections:
-            self._warned = False
-            return
-        now = asyncio.get_running_loop().time()
-        victim = next((h for h in open_ if h is not new and not getattr(h, "_request_in_progress", True)), None)
-        if victim is None and open_[0] is not new and now - self._born.get(open_[0], now) > self.client_timeout:
-            victim = open_[0]
-        if victim is None:
-            victim = new
-            if new.transport is not None:
-                new.transport.write(_BUSY_ANSWER)
-        victim.force_close()
-        self.shed += 1
-        if not self._warned:
-            self._warned = True
-            log.warning("%d connections open, the limit is %d (server.max_connections): closing idle, slow or new "
-                        "connections until fewer are open", len(open_), self.max_connections)
+        yield LocalParts(store, Importer(store, cfg, schema=SchemaChecker()), secrets.hub_id(cfg.data_dir, create=False))
+    finally:
+        await store.close()
 
 
 class Hub:
@@ -154,7 +93,7 @@ class Hub:
         self.store: Store | None = None
         self.forwarder: Forwarder | None = None
         self.scheduler: AsyncIOScheduler | None = None
-        self.runner: web.AppRunner | None = None
+        self.web: WebServer | None = None
         self.port: int | None = None
         self.tls: TlsMaterial | None = None
         self.advertiser: Advertiser | None = None
@@ -162,85 +101,41 @@ class Hub:
         self.hub_id = ""
         self.admin_token = ""
         self._stop = asyncio.Event()
-        self._draining = False
-        self._inflight = 0
-        self._idle = asyncio.Event()
-
-    def _secrets(self) -> KeyRing:
-        a = self.cfg.auth
-        self.hub_id = _stable_value(self.data_dir / "hub-id", str(uuid.uuid4()))
-        env_token = os.environ.get("TELEMETRY_HUB_ADMIN_TOKEN", "").strip()
-        if a.admin_token_file:
-            self.admin_token = read_secret_file(Path(a.admin_token_file))
-        elif env_token:
-            self.admin_token = env_token
-        else:
-            # Hex: never starts with "-", so `--token VALUE` works on any command line.
-            self.admin_token = _stable_value(self.data_dir / "admin-token", secrets.token_hex(24))
-        keys: list[str] = []
-        if a.device_keys_file:
-            text = read_secret_file(Path(a.device_keys_file))
-            keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-            if not keys:
-                raise ConfigError(f"auth.device_keys_file {a.device_keys_file} holds no key; add one per line")
-        return KeyRing(keys)
 
     async def start(self) -> None:
         """Open the store, then listen; the order matters: never accept what cannot be stored."""
+        cfg = self.cfg
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            keys = self._secrets()
+            self.hub_id = secrets.hub_id(self.data_dir)
+            self.admin_token = secrets.admin_token(cfg, create=True)
+            keys = KeyRing(secrets.device_keys(cfg))
         except PermissionError as exc:
             raise HubError(f"cannot write to the data directory {self.data_dir} ({exc.strerror}); "
                            "set server.data_dir (or --data-dir) to a directory this user can write") from None
-        if self.cfg.tls.enabled:  # before anything opens: a bad certificate stops the start cleanly
-            self.tls = load_or_create(self.cfg.tls, self.data_dir, self.cfg.server.branch_name)
-        self.store = Store(self.data_dir / "hub.db", self.cfg.store)
-        try:
-            await self.store.open()
-        except sqlite3.DatabaseError as exc:
-            raise HubError(f"cannot open the database {self.store.path} ({exc}). If the file is damaged, move it "
-                           "aside (keep it: its events can be recovered) and start again with an empty one") from None
-        ingest = Ingest(self.store, self.cfg.limits, self.cfg.store, keys, self.cfg.server.client_timeout)
+        if cfg.tls.enabled:  # before anything opens: a bad certificate stops the start cleanly
+            self.tls = load_or_create(cfg.tls, self.data_dir, cfg.server.branch_name)
+        self.store = store = await _open_store(cfg)
+        ingest = Ingest(store, cfg.limits, cfg.store, keys, cfg.server.client_timeout)
         admin = AdminGate(self.admin_token)
-        self.forwarder = Forwarder(self.store, self.cfg.upstream, self.cfg.upstream_url, self.hub_id)
-        status = Status(self.store, ingest, self.forwarder, admin, self.cfg, version=__version__, hub_id=self.hub_id,
-                        cookie_key=self.admin_token)
-        share = ShareService(self.store, self.cfg, admin=admin, schema=ingest.schema, hub_id=self.hub_id)
-        app = web.Application(middlewares=[ingest.cors, self._track], client_max_size=self.cfg.limits.max_body_bytes)
-        control = Control(self.store, self.forwarder, admin)
-        app.add_routes(ingest.routes())
-        app.add_routes(status.routes())
-        app.add_routes(share.routes())
-        app.add_routes(control.routes())
-        self.runner = _LimitedRunner(
-            app,
-            max_connections=self.cfg.server.max_connections,
-            client_timeout=self.cfg.server.client_timeout,
-            # A connection must send its request within server.client_timeout and may idle that long
-            # between requests (aiohttp's default is an hour: slow-header clients would pile up).
-            keepalive_timeout=self.cfg.server.client_timeout,
-            auto_decompress=False,  # the ingest handler gunzips itself, with a size cap
-            shutdown_timeout=self.cfg.server.shutdown_timeout,
-            access_log=None,
-            handle_signals=False,
-        )
-        await self.runner.setup()
-        host = self.cfg.server.host or None
-        site = web.TCPSite(self.runner, host, self.cfg.server.port, reuse_address=True)
-        await _listen(site, f"{self.cfg.server.host or '*'}:{self.cfg.server.port}", "server.port")
-        self.port = _bound_port(site, self.cfg.server.port)
-        shown = self.cfg.server.host or "*"
+        self.forwarder = forwarder = Forwarder(store, cfg.upstream, make_sink(cfg, self.hub_id))
+        facts = StatusFacts(store, ingest.counters, forwarder, cfg, version=__version__, hub_id=self.hub_id)
+        metrics = Metrics(store, ingest.counters, forwarder, version=__version__, hub_id=self.hub_id)
+        status = StatusPages(facts, metrics, admin, cookie_key=self.admin_token)
+        share = ShareHandlers(Importer(store, cfg, schema=ingest.schema), cfg, admin=admin, db_path=store.path,
+                              hub_id=self.hub_id)
+        control = Control(store, forwarder, admin)
+        self.web = WebServer(cfg, [ingest.routes(), status.routes(), share.routes(), control.routes()],
+                             middlewares=[ingest.cors])
+        await self.web.start(self.tls.context if self.tls is not None else None)
+        self.port, self.tls_port = self.web.port, self.web.tls_port
+        shown = cfg.server.host or "*"
         log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
         if self.tls is not None:
-            tls_site = web.TCPSite(self.runner, host, self.cfg.tls.port, ssl_context=self.tls.context,
-                                   reuse_address=True)
-            await _listen(tls_site, f"{self.cfg.server.host or '*'}:{self.cfg.tls.port}", "tls.port")
-            self.tls_port = _bound_port(tls_site, self.cfg.tls.port)
             log.info("HTTPS on port %d, certificate %s, SHA-256 fingerprint %s (clients can pin it)",
                      self.tls_port, self.tls.cert_path, self.tls.fingerprint)
-        await self.forwarder.start()
-        self.scheduler = self._schedule(self.store, self.forwarder)
+        await forwarder.start()
+        self.scheduler = self._schedule(store, forwarder)
         self.scheduler.start()
         await self._advertise(keys.required)
 
@@ -270,12 +165,11 @@ class Hub:
         """Periodic jobs: the cheap link probe, retention, and wake-ups when upload windows open."""
         sched = AsyncIOScheduler()
         up = self.cfg.upstream
-        if forwarder.url:
+        if forwarder.enabled:
             sched.add_job(forwarder.probe, "interval", seconds=max(1.0, up.probe_interval), id="probe",
                           max_instances=1, coalesce=True)
-            for window in up.upload_windows:
-                hour, minute = (int(x) for x in window.split("-")[0].split(":"))
-                sched.add_job(forwarder.wake, "cron", hour=hour, minute=minute, id=f"window-{window}")
+            for window, (start, _) in zip(up.upload_windows, up.windows, strict=True):
+                sched.add_job(forwarder.wake, "cron", hour=start // 60, minute=start % 60, id=f"window-{window}")
         retention_s = self.cfg.store.retention_days * 86400
         # Hourly for the default week; a short retention is applied in step with itself.
         every = min(3600.0, max(10.0, retention_s / 4))
@@ -294,62 +188,16 @@ class Hub:
         # The device side drains (stop listening, answer in-flight requests) while the batch in
         # flight upstream finishes; both within server.shutdown_timeout.
         drains = []
-        if self.runner is not None:
-            drains.append(self._drain_devices(self.runner))
+        if self.web is not None:
+            drains.append(self.web.drain())
         if self.forwarder is not None:
             drains.append(self.forwarder.stop(timeout=min(self.cfg.upstream.timeout, self.cfg.server.shutdown_timeout)))
         await asyncio.gather(*drains)
-        self.runner = None
+        self.web = None
         self.forwarder = None
         if self.store is not None:
             await self.store.close()
             self.store = None
-
-    @web.middleware
-    async def _track(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                     ) -> web.StreamResponse:
-        """Count requests in progress so shutdown can wait for them."""
-        if self._draining and request.method == "POST":
-            # A new request on a kept-alive connection after SIGTERM: ask the device to come back.
-            return sunbird_error(503, "the hub is restarting; retry in a few seconds", headers={
-                "Retry-After": "5", "Connection": "close"})
-        self._inflight += 1
-        try:
-            if (request.body_exists and request.path not in DEVICE_PATHS  # device bodies: ingest's own timed reader
-                    and not request.content_type.startswith("multipart/")):  # uploads stream to disk
-                # Small bodies (login, admin forms) must arrive within server.client_timeout too, or one
-                # byte a second would hold the connection for good; the handler then reads the cached body.
-                try:
-                    async with asyncio.timeout(self.cfg.server.client_timeout):
-                        await request.read()
-                except TimeoutError:
-                    return await answer_and_close(request, sunbird_error(
-                        408, f"body did not arrive within {self.cfg.server.client_timeout:g} s (server.client_timeout)"))
-            return await handler(request)
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
-
-    async def _drain_devices(self, runner: web.AppRunner) -> None:
-        """Stop listening, let requests in flight (bodies still arriving included) finish, then close.
-
-        aiohttp drops body bytes once its own shutdown starts, so the hub waits for its requests
-        first and only then hands over to runner.cleanup().
-        """
-        for site in list(runner.sites):
-            await site.stop()
-        self._draining = True
-        if self._inflight:
-            self._idle.clear()
-            log.info("stopping: waiting for %d requests in flight", self._inflight)
-            try:
-                await asyncio.wait_for(self._idle.wait(), self.cfg.server.shutdown_timeout)
-            except asyncio.TimeoutError:
-                log.warning("stopping: %d requests still running after %g s (server.shutdown_timeout); "
-                            "they are cut off and their devices will resend", self._inflight,
-                            self.cfg.server.shutdown_timeout)
-        await runner.cleanup()
 
     def request_stop(self) -> None:
         """Ask the hub to stop (signal handler); a second request skips the drain."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -32,6 +33,8 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 SUNBIRD_PATH = "/api/data/v1/telemetry"
+# The sinks upstream.sink may name (hub.forward.SINKS holds their classes).
+SINK_NAMES = ("sunbird-http",)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class UpstreamConfig:
     """The Sunbird telemetry API the hub delivers to."""
 
     url: str = ""  # "" = no forwarding; a URL without a path gets /api/data/v1/telemetry
+    sink: str = "sunbird-http"  # how to deliver: sunbird-http (the telemetry API over HTTP)
     api_key_file: str = ""  # relative paths are looked up in $CREDENTIALS_DIRECTORY first
     api_key_env: str = "TELEMETRY_HUB_UPSTREAM_KEY"
     device_id: str = ""  # "" = the hub id
@@ -100,6 +104,11 @@ class UpstreamConfig:
     probe_interval: float = 30.0
     daily_byte_budget: int = 0  # 0 = unlimited
     upload_windows: tuple[str, ...] = ()  # e.g. ("22:00-06:00",); empty = any time
+
+    @functools.cached_property
+    def windows(self) -> list[tuple[int, int]]:
+        """upload_windows as (start, end) minutes of the day, parsed once."""
+        return parse_windows(self.upload_windows)
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,9 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
 
-    @property
+    @functools.cached_property
     def data_dir(self) -> Path:
-        """The state directory: explicit setting, else systemd's, else ./telemetry-hub-data."""
+        """The state directory, derived once: explicit setting, else systemd's, else ./telemetry-hub-data."""
         if self.server.data_dir:
             return Path(self.server.data_dir)
         state = os.environ.get("STATE_DIRECTORY")
@@ -166,12 +175,12 @@ class Config:
             return Path(state.split(":")[0])
         return Path("telemetry-hub-data")
 
-    @property
+    @functools.cached_property
     def upstream_url(self) -> str:
         """The full URL to POST to, with the Sunbird path added when none was given."""
         return normalise_upstream_url(self.upstream.url)
 
-    def replace(self, section: str, **changes: Any) -> "Config":
+    def replace(self, section: str, **changes: Any) -> Config:
         """A copy with some keys of one section changed (used for command-line overrides)."""
         current = getattr(self, section)
         return dataclasses.replace(self, **{section: _build(type(current), section, {**_as_dict(current), **changes})})
@@ -195,6 +204,22 @@ def parse_size(value: int | str) -> int:
     if not m or (m.group(2) or "").lower() not in _UNITS:
         raise ValueError(f"{value!r} is not a size (write e.g. 5242880, \"5 MiB\" or \"200 MB\")")
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def parse_windows(windows: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Turn ("22:00-06:00",) into [(1320, 360)] minutes of the day; ValueError names a bad window."""
+    out = []
+    for w in windows:
+        try:
+            a, b = w.split("-")
+            ha, ma = (int(x) for x in a.split(":"))
+            hb, mb = (int(x) for x in b.split(":"))
+        except ValueError:
+            raise ValueError(f"{w!r} is not a window like \"22:00-06:00\"") from None
+        if not (0 <= ha < 24 and 0 <= hb < 24 and 0 <= ma < 60 and 0 <= mb < 60):
+            raise ValueError(f"{w!r} is not a window like \"22:00-06:00\" (hours 0-23, minutes 0-59)")
+        out.append((ha * 60 + ma, hb * 60 + mb))
+    return out
 
 
 def normalise_upstream_url(url: str) -> str:
@@ -283,9 +308,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("limits.max_events_per_request: must be at least 1")
     if cfg.upstream.backoff_max < cfg.upstream.backoff_initial:
         raise ConfigError("upstream.backoff_max: must not be smaller than upstream.backoff_initial")
+    if cfg.upstream.sink not in SINK_NAMES:
+        raise ConfigError(f"upstream.sink: {cfg.upstream.sink!r} is not a sink (known: {', '.join(SINK_NAMES)})")
     for w in cfg.upstream.upload_windows:
         if not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", w):
             raise ConfigError(f"upstream.upload_windows: {w!r} is not a window like \"22:00-06:00\"")
+    try:
+        _ = cfg.upstream.windows  # parsed once here, so a bad window is a config error at start
+    except ValueError as exc:
+        raise ConfigError(f"upstream.upload_windows: {exc}") from None
     if cfg.health.upstream_down_minutes <= 0:
         raise ConfigError("health.upstream_down_minutes: must be more than 0")
     if cfg.health.dead_letters < 1:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import dataclasses
 import ipaddress
-import json
 import logging
 import re
 import secrets
-import signal
 import socket
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
@@ -42,7 +35,7 @@ _MAX_LABEL_BYTES = 63  # DNS label limit, bytes
 _RENAME_RESERVE_BYTES = 3  # room for the "-N" zeroconf appends on a name conflict
 _MAX_INSTANCE_BYTES = _MAX_LABEL_BYTES - _RENAME_RESERVE_BYTES
 _MAX_TXT_ITEM_BYTES = 255  # one "key=value" string in a TXT record, bytes
-_DEFAULT_POLL_S = 2.0  # s between address scans
+DEFAULT_POLL_S = 2.0  # s between address scans
 _IF_INET6 = "/proc/net/if_inet6"  # Linux: IPv6 addresses with their DAD flags
 _IFA_F_UNUSABLE = 0x40 | 0x08  # IFA_F_TENTATIVE | IFA_F_DADFAILED: the kernel will not bind these yet
 
@@ -58,7 +51,7 @@ def txt_properties(
     name: str,
     auth: bool,
     tls_fingerprint: str | None = None,
-    extra: Mapping[str, str] = {},  # noqa: B006 - read only
+    extra: Mapping[str, str] = {},
 ) -> dict[str, str]:
     """Build the TXT record that lets a device sync with no other knowledge; auth is "1" or "0".
 
@@ -254,7 +247,7 @@ class Advertiser:
         port: int,
         properties: dict[str, str],
         interfaces: Sequence[str] = (),
-        poll_interval: float = _DEFAULT_POLL_S,
+        poll_interval: float = DEFAULT_POLL_S,
     ) -> None:
         _check_instance(instance)
         self._instance = instance
@@ -274,7 +267,7 @@ class Advertiser:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._seen_problems: set[str] = set()
-        self._registered = asyncio.Event()
+        self.registered = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -354,7 +347,7 @@ class Advertiser:
         if info.name != f"{self._instance}.{SERVICE_TYPE}":
             log.info("another hub holds the name %r on the LAN; advertising as %r", self._instance, info.name)
         log.info("advertising %s on port %d at %s", info.name, self._port, _describe(addrs))
-        self._registered.set()
+        self.registered.set()
 
     async def _update(self, addrs: frozenset[_Addr]) -> None:
         """Move zeroconf's sockets to the new addresses and announce them (cache-flush replaces the old)."""
@@ -415,7 +408,7 @@ class FoundHub:
         return [f"{scheme}://{_url_host(a)}:{self.port}{path}" for a in self.addresses]
 
 
-async def _browsing_zeroconf(interfaces: Sequence[str] | None) -> AsyncZeroconf | None:
+async def browsing_zeroconf(interfaces: Sequence[str] | None) -> AsyncZeroconf | None:
     """A zeroconf instance on the given interfaces (names or addresses), default all but loopback.
 
     Loopback is left out as for advertising: it has no IPv6 multicast route, and a hub on this
@@ -430,7 +423,7 @@ async def _browsing_zeroconf(interfaces: Sequence[str] | None) -> AsyncZeroconf 
 
 async def find_hubs(timeout: float = 3.0, interfaces: Sequence[str] | None = None) -> list[FoundHub]:
     """Browse for `timeout` seconds and return every hub that answered and did not say goodbye."""
-    aiozc = await _browsing_zeroconf(interfaces)
+    aiozc = await browsing_zeroconf(interfaces)
     if aiozc is None:
         return []
     loop = asyncio.get_running_loop()
@@ -465,85 +458,3 @@ async def find_hubs(timeout: float = 3.0, interfaces: Sequence[str] | None = Non
         await asyncio.gather(*tasks, return_exceptions=True)
         await browser.async_cancel()
         await aiozc.async_close()
-
-
-# --- debug entry point (tests, troubleshooting); the CLI uses the functions above ---------------
-
-
-def _hub_json(hub: FoundHub) -> dict[str, Any]:
-    """FoundHub as plain JSON, with its URLs."""
-    return {**dataclasses.asdict(hub), "urls": hub.urls()}
-
-
-async def _until_signal() -> None:
-    """Wait for SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-async def _advertise(args: argparse.Namespace) -> None:
-    """Advertise until SIGTERM, then say goodbye."""
-    props = dict(p.split("=", 1) for p in args.prop)
-    adv = Advertiser(
-        instance=args.instance,
-        port=args.port,
-        properties=props,
-        interfaces=args.interface,
-        poll_interval=args.poll_interval,
-    )
-    stopped = asyncio.create_task(_until_signal())
-    await adv.start()
-    registered = asyncio.create_task(adv._registered.wait())
-    await asyncio.wait([stopped, registered], return_when=asyncio.FIRST_COMPLETED)
-    if registered.done():
-        print(f"registered {adv.name}", flush=True)
-        await stopped
-    registered.cancel()
-    await adv.close()
-
-
-async def _watch(args: argparse.Namespace) -> None:
-    """Print a JSON line per browse event until SIGTERM."""
-
-    def on_change(zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange) -> None:
-        print(json.dumps({"event": state_change.name.lower(), "name": name, "t": time.time()}), flush=True)
-
-    aiozc = await _browsing_zeroconf(args.interface)
-    if aiozc is None:
-        raise SystemExit(1)
-    browser = AsyncServiceBrowser(aiozc.zeroconf, SERVICE_TYPE, handlers=[on_change])
-    try:
-        await _until_signal()
-    finally:
-        await browser.async_cancel()
-        await aiozc.async_close()
-
-
-async def _browse(args: argparse.Namespace) -> None:
-    """Print the hubs found, as JSON or one per line."""
-    hubs = await find_hubs(args.timeout, args.interface or None)
-    if args.json:
-        print(json.dumps([_hub_json(h) for h in hubs]), flush=True)
-    for hub in [] if args.json else hubs:
-        print(hub.name, " ".join(hub.urls()), flush=True)
-
-
-if __name__ == "__main__":
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--interface", action="append", default=[], help="name or address; repeatable")
-    parser = argparse.ArgumentParser(prog="python -m hub.discovery", description="mDNS debugging aid")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    adv = sub.add_parser("advertise", parents=[common], help="advertise until SIGTERM")
-    adv.add_argument("--instance", required=True)
-    adv.add_argument("--port", type=int, required=True)
-    adv.add_argument("--prop", action="append", default=[], metavar="K=V")
-    adv.add_argument("--poll-interval", type=float, default=_DEFAULT_POLL_S)
-    brw = sub.add_parser("browse", parents=[common], help="list hubs found within --timeout")
-    brw.add_argument("--timeout", type=float, default=3.0)
-    brw.add_argument("--json", action="store_true")
-    sub.add_parser("watch", parents=[common], help="print added/removed events as JSON lines")
-    ns = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run({"advertise": _advertise, "browse": _browse, "watch": _watch}[ns.cmd](ns))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "HubError", "StoreClosed", "StoreFull", "BadRequest", "ShareFileError"]
+__all__ = ["BadRequest", "ConfigError", "HubError", "ShareFileError", "StoreClosed", "StoreFull"]
 
 
 class HubError(Exception):

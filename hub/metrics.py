@@ -3,7 +3,7 @@
 Counts that the store keeps (received, duplicates, delivered, backlog, ...) are *read* at scrape
 time by a custom collector, never counted a second time here, so `/metrics` always agrees with
 the database. Only what exists nowhere else (latency and size distributions) is observed through
-the parts' hooks: `Store.commit_hooks`, `Forwarder.observers`.
+the parts' hooks: `Store.on_group_commit`, `Forwarder.observers`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from .facts import RequestCounts
 from .forward import Forwarder, Outcome
-from .ingest import Ingest
 from .store import Store
 
 __all__ = ["LINK_STATES", "Metrics"]
@@ -103,7 +103,7 @@ class _LiveCollector(Collector):
                     st.last_success_at or 0)
         yield gauge("upstream_batch_limit_events", "Events per batch upstream currently accepts", st.batch_limit)
 
-        c = m.ingest.counters
+        c = m.counts
         yield by("http_requests", "Device telemetry requests answered, by HTTP status", "status", c.by_status)
         yield by("http_client_errors", "Device requests refused, by reason", "reason", c.client_errors)
 
@@ -111,9 +111,10 @@ class _LiveCollector(Collector):
 class Metrics:
     """The hub's Prometheus metrics in a private registry (several hubs may share one process)."""
 
-    def __init__(self, store: Store, ingest: Ingest, forwarder: Forwarder, *, version: str, hub_id: str) -> None:
+    def __init__(self, store: Store, counts: RequestCounts, forwarder: Forwarder, *, version: str,
+                 hub_id: str) -> None:
         self.store = store
-        self.ingest = ingest
+        self.counts = counts
         self.forwarder = forwarder
         self.version = version
         self.hub_id = hub_id
@@ -136,7 +137,7 @@ class Metrics:
             buckets=_COMMIT_EVENTS_BUCKETS, registry=self.registry,
         )
         self.registry.register(_LiveCollector(self))
-        store.commit_hooks.append(self._on_commit)
+        store.on_group_commit(self._on_commit)
         forwarder.observers.append(self._on_batch)
 
     def _on_commit(self, seconds: float, n_events: int) -> None:
@@ -150,9 +151,7 @@ class Metrics:
     async def refresh(self) -> None:
         """Read the figures only the database holds (persistent counters, device count)."""
         started = time.monotonic()
-        rows = await self.store.fetchall("SELECT name, value FROM counters")
-        devices = await self.store.scalar("SELECT count(*) FROM devices")
-        self.snapshot = _Snapshot({str(name): int(value) for name, value in rows}, devices)
+        self.snapshot = _Snapshot(await self.store.read.counters(), await self.store.read.device_count())
         log.debug("metrics: read the store's figures in %.1f ms", (time.monotonic() - started) * 1000)
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:

@@ -133,6 +133,8 @@ class Notifier:
 
     def _send(self, data: bytes) -> bool:
         try:
+            if self._address is None:
+                return False
             if self._sock is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 sock.setblocking(False)
@@ -235,7 +237,7 @@ class Watchdog:
             log.info("hub is healthy again; resuming systemd watchdog pings")
         return self.notifier.watchdog()
 
-    async def __aenter__(self) -> "Watchdog":
+    async def __aenter__(self) -> Watchdog:
         self.start()
         return self
 

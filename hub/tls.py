@@ -6,7 +6,6 @@ import datetime
 import hashlib
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from cryptography.x509.oid import NameOID
 
 from .config import TlsConfig
 from .errors import ConfigError
+from .secrets import write_private
 
-__all__ = ["TlsMaterial", "load_or_create", "fingerprint_of"]
+__all__ = ["TlsMaterial", "fingerprint_of", "load_or_create"]
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +44,13 @@ def fingerprint_of(cert_pem: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file only the service user can read (0600), atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _self_signed(cert_path: Path, key_path: Path, name: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64] or host[:64] or "telemetry-hub")])
     alt: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName(f"{host}.local"), x509.DNSName("localhost"),
                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -74,9 +63,9 @@ def _self_signed(cert_path: Path, key_path: Path, name: str) -> None:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def load_or_create(cfg: TlsConfig, data_dir: Path, name: str) -> TlsMaterial:

@@ -185,8 +185,8 @@ class Lab:
         raise AssertionError(f"{ifname} in {ns} got no usable link-local address within {timeout}s")
 
     def spawn(self, ns: str, *args: str) -> Proc:
-        """Run `python -m hub.discovery ARGS` inside a namespace."""
-        proc = Proc(["ip", "netns", "exec", ns, sys.executable, "-m", "hub.discovery", *args])
+        """Run `python -m hub.cli.mdns ARGS` inside a namespace."""
+        proc = Proc(["ip", "netns", "exec", ns, sys.executable, "-m", "hub.cli.mdns", *args])
         self.procs.append(proc)
         return proc
 

@@ -299,7 +299,8 @@ async def test_gzip_off_sends_plain_json(start_hub, http, upstream):
 def test_windows_parse_and_wrap():
     from datetime import datetime
 
-    from hub.forward import in_window, parse_windows
+    from hub.config import parse_windows
+    from hub.forward.schedule import in_window
 
     w = parse_windows(("22:00-06:00",))
     assert in_window(w, datetime(2026, 1, 1, 23, 0)) and in_window(w, datetime(2026, 1, 1, 5, 59))

@@ -12,7 +12,8 @@ from hubproc import HubProcess
 from upstream import FakeUpstream
 
 from hub.config import StoreConfig
-from hub.store import Store, _insert_events
+from hub.store import Store
+from hub.store.writes import insert_events
 
 BACKLOG = 1_000_000
 FORWARD = 60_000  # enough batches to reach a steady state; memory must not depend on what remains
@@ -32,7 +33,7 @@ async def _fill(db: Path, n: int) -> None:
         rows = [(f"{base}-{i}", "dev", "LOG", 1.0, "chan", "app", 0, "fill") for i in span]
         raws = [b'{"eid":"LOG","ets":1,"ver":"3.0","mid":"%s-%d","edata":{"type":"t","level":"INFO","message":"m"}}'
                 % (base.encode(), i) for i in span]
-        _insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
+        insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
         con.commit()
     con.close()
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import hub_config
 from events import js_request, make_events
 from hub.discovery import local_urls
-from hub.status import page_needs_token
+from hub.facts import page_needs_token
 from drive import FAST as DRIVE_FAST
 from drive import send as post
 from drive import wait_for

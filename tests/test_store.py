@@ -6,9 +6,23 @@ import asyncio
 import sqlite3
 
 from hub.config import StoreConfig
-from hub.store import _MIGRATIONS, SCHEMA_VERSION, Store
+from hub.store import SCHEMA_VERSION, Store
+from hub.store.migrations import _MIGRATIONS
 from hub.telemetry import Checked, Event
 from reliability.helpers import version_2_store
+
+
+def _rows(store: Store, sql: str) -> list[tuple]:
+    """Read the store's file with a connection of our own, as an outsider would."""
+    con = sqlite3.connect(store.path)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def _one(store: Store, sql: str) -> int:
+    return _rows(store, sql)[0][0]
 
 
 def _event(mid: str) -> Event:
@@ -19,7 +33,7 @@ async def test_wal_and_full_sync(tmp_path):
     store = Store(tmp_path / "hub.db", StoreConfig())
     await store.open()
     try:
-        rows = await store.fetchall("PRAGMA journal_mode")
+        rows = _rows(store, "PRAGMA journal_mode")
         assert rows == [("wal",)]
         sync = await (await store._db.execute("PRAGMA synchronous")).fetchone()  # type: ignore[union-attr]
         assert sync == (2,)  # FULL
@@ -53,8 +67,8 @@ async def test_migrates_a_version_1_database_keeping_its_events(tmp_path):
     store = Store(path, StoreConfig())
     await store.open()
     try:
-        assert await store.scalar("PRAGMA user_version") == SCHEMA_VERSION
-        assert await store.fetchall("SELECT mid, raw FROM stored_events") == [("old", b"{}")]
+        assert _one(store, "PRAGMA user_version") == SCHEMA_VERSION
+        assert _rows(store, "SELECT mid, raw FROM stored_events") == [("old", b"{}")]
         assert store.stats.backlog == 1
         r = await store.add(Checked(events=[_event("old"), _event("new")]), source="test")
         assert (r.new, r.duplicates) == (1, 1)
@@ -78,9 +92,9 @@ async def test_migrates_a_version_2_database_keeping_bytes_batches_and_deliverie
     store = Store(path, StoreConfig())
     await store.open()
     try:
-        assert await store.fetchall("SELECT seq, mid, raw, batch_id, delivered_at FROM stored_events ORDER BY seq") == [
+        assert _rows(store, "SELECT seq, mid, raw, batch_id, delivered_at FROM stored_events ORDER BY seq") == [
             (1, "sent", b'{"a":1}', None, 5), (2, "in-flight", b'{"b":2}', 7, None), (4, "waiting", b'{"c":3}', None, None)]
-        assert await store.fetchall("SELECT name FROM pragma_table_info('events') WHERE name = 'raw'") == []
+        assert _rows(store, "SELECT name FROM pragma_table_info('events') WHERE name = 'raw'") == []
         assert (store.stats.backlog, store.stats.stored_total) == (2, 4)
         # The unfinished batch is resumed with its msgid, then the waiting event gets a batch of its own.
         taken = await store.take_batch(10, 10_000)
@@ -88,7 +102,7 @@ async def test_migrates_a_version_2_database_keeping_bytes_batches_and_deliverie
         r = await store.add(Checked(events=[_event("waiting"), _event("new")]), source="test")
         assert (r.new, r.duplicates) == (1, 1)
         # Every event row has its bytes and no bytes are left without a row (the duplicate stored none).
-        assert await store.fetchall("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_raw),"
+        assert _rows(store, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_raw),"
                                     " (SELECT count(*) FROM stored_events WHERE mid = 'new')") == [(4, 4, 1)]
     finally:
         await store.close()
@@ -107,7 +121,7 @@ async def test_requests_sharing_a_commit_get_their_own_duplicate_counts(tmp_path
                                       store.add(Checked(events=second), source="test"))
         assert store.stats.commits == commits + 1  # one group commit
         assert ((r1.new, r1.duplicates), (r2.new, r2.duplicates)) == ((50, 0), (46, 4))
-        rows = await store.fetchall("SELECT mid, raw FROM stored_events ORDER BY seq")
+        rows = _rows(store, "SELECT mid, raw FROM stored_events ORDER BY seq")
         assert [m for m, _ in rows] == ["old", *(f"a{i}" for i in range(50)), *(f"b{i}" for i in range(46))]
         assert all(raw == b'{"mid":"%s"}' % m.encode() for m, raw in rows)
         assert (store.stats.stored_total, store.stats.duplicates) == (97, 4)
@@ -125,9 +139,9 @@ async def test_upgrading_a_version_2_store_hands_the_space_of_the_copy_back(tmp_
     store = Store(path, StoreConfig())
     await store.open()
     try:
-        assert await store.scalar("PRAGMA user_version") == SCHEMA_VERSION
-        assert await store.fetchall("SELECT count(*), sum(length(raw)) FROM stored_events") == [(4000, 4000 * 1000)]
-        assert await store.scalar("PRAGMA freelist_count") == 0
+        assert _one(store, "PRAGMA user_version") == SCHEMA_VERSION
+        assert _rows(store, "SELECT count(*), sum(length(raw)) FROM stored_events") == [(4000, 4000 * 1000)]
+        assert _one(store, "PRAGMA freelist_count") == 0
         # The rebuild wrote every event twice over; without handing the pages back the file stays ~2x.
         assert _store_bytes(path) < 1.2 * before, (_store_bytes(path), before)
     finally:

@@ -9,16 +9,16 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import orjson
 from aiohttp import web
 
-from .config import LimitsConfig, StoreConfig
-from .errors import BadRequest, StoreClosed, StoreFull
-from .schema import SchemaChecker
-from .store import Store
-from .telemetry import check_events, error_body, split_envelope, success_body
+from ..config import LimitsConfig, StoreConfig
+from ..errors import BadRequest, StoreClosed, StoreFull
+from ..schema import SchemaChecker
+from ..store import Store
+from ..telemetry import check_events, split_envelope, success_body
+from .responses import answer_and_close, json_response, sunbird_error
 
-__all__ = ["DEVICE_PATHS", "IngestCounters", "Ingest", "KeyRing", "answer_and_close", "json_response", "sunbird_error"]
+__all__ = ["DEVICE_PATHS", "Ingest", "IngestCounters", "KeyRing"]
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +63,6 @@ class _Hold:
         self.n = 0
 
 
-def json_response(status: int, body: dict, headers: dict[str, str] | None = None) -> web.Response:
-    """A JSON answer; always a full body (the JS library counts an empty 200 as a failure)."""
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
-
-
-async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
-    """Send an answer to a body that stopped arriving, then close the connection at once.
-
-    Returned normally, aiohttp would go on reading the rest of the body (up to 10 s) first.
-    """
-    await response.prepare(request)
-    await response.write_eof()
-    request.protocol.force_close()
-    return response
-
-
-def sunbird_error(status: int, message: str, msgid: object = None, headers: dict[str, str] | None = None) -> web.Response:
-    """A Sunbird-style error answer whose errmsg says what is wrong."""
-    return json_response(status, error_body(status, message, msgid), headers)
-
-
 class KeyRing:
     """Device API keys, compared in constant time; empty means devices need no key."""
 
@@ -100,8 +79,8 @@ class KeyRing:
             return True
         if not authorization:
             return False
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip().encode()
+        scheme, _, given = authorization.partition(" ")
+        token = given.strip().encode()
         if scheme.lower() != "bearer" or not token:
             return False
         ok = False

@@ -161,7 +161,7 @@ def version_2_store(path: Path, events: int) -> int:
 
     For the upgrade tests: it is built from the hub's own v1 and v2 migrations.
     """
-    from hub.store import _MIGRATIONS
+    from hub.store.migrations import _MIGRATIONS
 
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA auto_vacuum=INCREMENTAL")

@@ -713,14 +713,13 @@ def test_share_file_reader_fuzz(archives, tmp_path, which, ops, caplog):
 
 
 async def test_share_import_of_mutated_files_changes_nothing(start_hub, tmp_path, archives):
-    """Through ShareService.import_file on a real store: a refused file leaves the store exactly as it was."""
-    from hub.admin import AdminGate
-    from hub.imports import ShareService
+    """Through Importer.import_file on a real store: a refused file leaves the store exactly as it was."""
+    from hub.share import Importer
     from hub.schema import SchemaChecker
 
     rh = await start_hub()
     h = rh.hub
-    svc = ShareService(h.store, h.cfg, admin=AdminGate(h.admin_token), schema=SchemaChecker(), hub_id=h.hub_id)
+    svc = Importer(h.store, h.cfg, schema=SchemaChecker())
     rng = random.Random()
     refused = 0
     for n in range(60):

@@ -1,0 +1,26 @@
+"""The event store: the one hand-over point between what comes in and what goes out.
+
+This package is the only code that knows SQL or the schema. Everyone else uses the Store's
+methods (add, take_batch, named queries) and the EventCursor for export.
+"""
+
+from .core import AddResult, Store, StoreStats
+from .delivery import Batch, Taken
+from .export import EventCursor
+from .migrations import SCHEMA_VERSION
+from .queries import DeadLetter, DeviceSeen, LedgerEntry
+from .writes import LedgerRow
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AddResult",
+    "Batch",
+    "DeadLetter",
+    "DeviceSeen",
+    "EventCursor",
+    "LedgerEntry",
+    "LedgerRow",
+    "Store",
+    "StoreStats",
+    "Taken",
+]
