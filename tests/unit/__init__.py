@@ -1,0 +1,1 @@
+"""Unit tests: the hub's pure rules, in-process, no network, no subprocess, no sleeping; each test is fast."""
