@@ -8,8 +8,8 @@ import sqlite3
 
 import aiohttp
 
-from events import make_events, mobile_request
-from hubproc import HubProcess
+from support.events import make_events, mobile_request
+from support.hubproc import HubProcess
 
 ROUNDS = 4
 

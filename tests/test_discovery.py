@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from netns import Lab, Proc  # tests/ is on sys.path (pytest's rootdir-relative import)
+from support.netns import Lab, Proc  # tests/ is on sys.path (pytest's rootdir-relative import)
 
 from hub import discovery
 from hub.discovery import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from netns import Lab, Proc
+from support.netns import Lab, Proc
 from test_discovery import V4_A, V6_A, _pair
 
 

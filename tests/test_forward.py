@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from events import js_request, make_events
-from drive import FAST, send, wait_for
+from support.events import js_request, make_events
+from support.drive import FAST, send, wait_for
 
 def pending(hub) -> int:
     return hub.rows("SELECT count(*) FROM events WHERE delivered_at IS NULL")[0][0]

@@ -8,22 +8,21 @@ import sqlite3
 import time
 
 import aiohttp
+import pytest
 
-from events import make_events, mobile_request
-from hubproc import HubProcess
-from upstream import FakeUpstream
+from support.events import make_events, mobile_request
+from support.hubproc import HubProcess
+from support.hubs import write_config
 
 ROUNDS = 4
 
 
-async def test_kill_9_while_forwarding_loses_nothing(tmp_path):
-    fake = FakeUpstream(seed=11, reset_rate=0.1, reset_after_store=True, fail_rate=0.1)
-    await fake.start()
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(
-        f'[upstream]\nurl = "{fake.url}"\nbackoff_initial = 0.05\nbackoff_max = 0.5\nprobe_interval = 0.2\n'
-        'timeout = 2.0\nconnect_timeout = 0.5\nbatch_events = 50\n[discovery]\nenabled = false\n'
-    )
+@pytest.mark.upstream_options(seed=11, reset_rate=0.1, reset_after_store=True, fail_rate=0.1)
+async def test_kill_9_while_forwarding_loses_nothing(tmp_path, upstream):
+    fake = upstream
+    cfg = write_config(tmp_path / "hub.toml",
+                       upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.5, "probe_interval": 0.2,
+                                 "timeout": 2.0, "connect_timeout": 0.5, "batch_events": 50})
     hub = HubProcess(tmp_path / "data", config=cfg)
     acked: set[str] = set()
     flapper = fake.flap(0.7, 0.3)

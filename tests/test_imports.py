@@ -14,14 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import RunningHub
-from events import make_events, mobile_request
+from support.hubs import RunningHub
+from support.events import make_events, mobile_request
 from hub import __version__
 from hub.admin import AdminGate
 from hub.imports import ImportReport, NothingToExport, ShareService, export_archive, parse_since
 from hub.schema import SchemaChecker
 from hub.share import FORMAT_ARCHIVE, FORMAT_GSA, read_share_file
-from sharefiles import (
+from support.sharefiles import (
     DID,
     SAMPLE_ARCHIVE,
     SAMPLE_COUNTS,

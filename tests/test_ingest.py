@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from events import desktop_request, js_request, make_events, mobile_request, sample_events
+from support.events import desktop_request, js_request, make_events, mobile_request, sample_events
 
 PATHS = ["/api/data/v1/telemetry", "/v1/telemetry", "/content/data/v1/telemetry", "/action/data/v3/telemetry"]
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import hub_config
-from events import js_request, make_events
+from support.hubs import hub_config
+from support.events import js_request, make_events
 from hub.discovery import local_urls
 from hub.status import page_needs_token
-from drive import FAST as DRIVE_FAST
-from drive import send as post
-from drive import wait_for
+from support.drive import FAST as DRIVE_FAST
+from support.drive import send as post
+from support.drive import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {**DRIVE_FAST, "timeout": 2.0, "auth_retry_interval": 300.0}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cdp import Browser, chromium_or_skip
-from sharefiles import SAMPLE_ARCHIVE, SAMPLE_COUNTS, build_archive, event_bytes
+from support.cdp import Browser, chromium_or_skip
+from support.sharefiles import SAMPLE_ARCHIVE, SAMPLE_COUNTS, build_archive, event_bytes
 
 REPORT_READY = "document.querySelector('h1') && /report|imported/i.test(document.querySelector('h1').textContent)"
 

@@ -1,4 +1,7 @@
-"""Shared parts of the reliability tests: config files, simulated devices, database and process checks."""
+"""Shared parts of the reliability tests: simulated devices, database and process checks.
+
+Config files come from support.hubs.write_config, hubs from support.hubproc.HubProcess.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from events import desktop_request, js_request, make_events, mobile_request
+from support.events import desktop_request, js_request, make_events, mobile_request
 
 PATH = "/api/data/v1/telemetry"
 ENVELOPES = ("mobile", "js", "desktop")
@@ -27,29 +30,6 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason} (CI=true: this test must run in CI)")
     pytest.skip(reason)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def write_config(path: Path, **sections: dict[str, Any]) -> Path:
-    """A hub TOML config file; mDNS is off unless a test turns it on (no multicast noise in tests)."""
-    sections.setdefault("discovery", {"enabled": False})
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def build_request(events: list[dict[str, Any]], kind: str, did: str) -> tuple[bytes, dict[str, str]]:

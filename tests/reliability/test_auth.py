@@ -13,16 +13,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from events import make_events, mobile_request
-from hubproc import HubProcess
-from sharefiles import build_archive, event_bytes
-from upstream import FakeUpstream
+from support.events import make_events, mobile_request
+from support.hubproc import HubProcess
+from support.sharefiles import build_archive, event_bytes
 
 import hub.admin
 import hub.ingest
 import hub.status
 from reliability import tally
-from reliability.helpers import PATH, write_config
+from reliability.helpers import PATH
+from support.hubs import write_config
 
 DEVICE_KEYS = ["devkey-Q7xw2LmN9pRt4Vb8", "devkey-Z3kd8HsY1uWq6Ej0"]
 ADMIN_TOKEN = "admintoken-Fh5Jq2Xc9Lm3Np7R"
@@ -53,12 +53,13 @@ def _count(db: Path, sql: str) -> int:
 
 
 @pytest.fixture
-async def secured(tmp_path):
+async def secured(tmp_path, upstream):
+    """A subprocess hub with device keys, an admin token and an upstream key (the test's upstream_options set it)."""
     (tmp_path / "device-keys").write_text("# device keys\n" + "\n".join(DEVICE_KEYS) + "\n")
     (tmp_path / "admin-token").write_text(ADMIN_TOKEN + "\n")
     (tmp_path / "upstream-key").write_text(UPSTREAM_KEY + "\n")
-    fake = FakeUpstream(key=UPSTREAM_KEY)
-    await fake.start()
+    fake = upstream
+    assert fake.key == UPSTREAM_KEY, "mark the test @pytest.mark.upstream_options(key=UPSTREAM_KEY)"
     cfg = write_config(tmp_path / "hub.toml",
                        auth={"device_keys_file": str(tmp_path / "device-keys"),
                              "admin_token_file": str(tmp_path / "admin-token"),
@@ -73,9 +74,9 @@ async def secured(tmp_path):
         yield hub, fake
     finally:
         hub.kill()
-        await fake.stop()
 
 
+@pytest.mark.upstream_options(key=UPSTREAM_KEY)
 async def test_auth_gates_and_secrets_never_leak(secured, tmp_path):
     hub, fake = secured
     db = hub.data_dir / "hub.db"

@@ -16,11 +16,12 @@ import random
 import time
 
 import aiohttp
-from hubproc import HubProcess
-from upstream import FakeUpstream
+from support.hubproc import HubProcess
+from support.upstream import FakeUpstream
 
 from reliability import tally
-from reliability.helpers import Ledger, db_check, device, write_config
+from reliability.helpers import Ledger, db_check, device
+from support.hubs import write_config
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "6"))
 DEVICES = 6
@@ -50,11 +51,11 @@ def _faults(fake: FakeUpstream, rng: random.Random) -> str:
     return f"{faults} flap up {up:.2f}s/down {down:.2f}s"
 
 
-async def test_crash_loop_loses_nothing(tmp_path):
+async def test_crash_loop_loses_nothing(tmp_path, upstream):
     seed = int(os.environ.get("CRASH_SEED", str(random.randrange(2**32))))
     rng = random.Random(seed)
-    fake = FakeUpstream(seed=seed)
-    await fake.start()
+    fake = upstream
+    fake.random.seed(seed)  # the fake's random faults follow the crash seed too
     cfg = write_config(
         tmp_path / "hub.toml",
         upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.5, "probe_interval": 0.2,

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hubproc import HubProcess
-from upstream import FakeUpstream
+from support.hubproc import HubProcess
 
 from reliability import tally
-from reliability.helpers import Ledger, db_check, device, require, version_2_store, write_config
+from reliability.helpers import Ledger, db_check, device, require, version_2_store
+from support.hubs import write_config
 
 DISK = "8m"
 
@@ -166,9 +166,8 @@ async def test_free_space_floor_refuses_then_resumes(tmp_path):
         print(f"floor: {dict(ledger.statuses)}; resumed {took:.1f}s after room came back")
 
 
-async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tmp_path):
-    fake = FakeUpstream()
-    await fake.start()
+async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tmp_path, upstream):
+    fake = upstream
     await fake.down()  # the link is down: the backlog grows to the cap
     cfg = write_config(tmp_path / "hub.toml", store={"max_bytes": "3 MiB", "min_free_bytes": "1 MiB"},
                        upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3, "probe_interval": 0.2})
@@ -196,10 +195,10 @@ async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tm
     print(f"cap: {dict(ledger.statuses)}; resumed {took:.1f}s after upstream came back")
 
 
-async def test_sqlite_full_is_503_and_recovers(tmp_path):
+@pytest.mark.upstream_options(fail_rate=1.0)
+async def test_sqlite_full_is_503_and_recovers(tmp_path, upstream):
     """No floor: the disk fills to the last byte, so a commit itself fails; nothing half-stored, no 500."""
-    fake = FakeUpstream(fail_rate=1.0)  # the forwarder keeps writing (batches, attempts) into the full store
-    await fake.start()
+    fake = upstream  # the forwarder keeps writing (batches, attempts) into the full store
     try:
         async with small_disk(tmp_path / "disk") as disk:
             cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": 0},

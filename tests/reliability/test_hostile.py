@@ -27,11 +27,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from events import _SAMPLES, make_events, mobile_request
-from hubproc import HubProcess
+from support.events import _SAMPLES, make_events, mobile_request
+from support.hubproc import HubProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sharefiles import (
+from support.sharefiles import (
     build_archive,
     build_gsa,
     event_bytes,
@@ -46,8 +46,8 @@ from reliability.helpers import (
     fd_count,
     percentile,
     proc_status,
-    write_config,
 )
+from support.hubs import write_config
 
 CLIENT_TIMEOUT = 3.0
 MAX_CONNECTIONS = 300

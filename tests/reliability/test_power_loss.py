@@ -50,11 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from hubproc import HubProcess
-from upstream import FakeUpstream
+import pytest
+from support.hubproc import HubProcess
+from support.upstream import FakeUpstream
 
 from reliability import tally
-from reliability.helpers import Ledger, device, require, write_config
+from reliability.helpers import Ledger, device, require
+from support.hubs import write_config
 
 SHIM_SOURCE = Path(__file__).with_name("fsjournal") / "fsjournal.c"
 SECTOR = 512
@@ -325,15 +327,15 @@ def _loop_devices_work() -> bool:
     return os.path.exists("/dev/loop-control") or os.path.exists("/dev/loop0")
 
 
-async def test_power_cut_block_device(tmp_path):
+@pytest.mark.upstream_options(seed=3, fail_rate=0.2)
+async def test_power_cut_block_device(tmp_path, upstream):
     require(_loop_devices_work(), "needs root, loop devices, mkfs.ext4 and fsfreeze to cut power at the block level")
     disks = Disks()
     outer, inner = tmp_path / "outer", tmp_path / "inner"
     snaps: list[tuple[Path, set[str]]] = []
     ledger = Ledger()
     stop = asyncio.Event()
-    fake = FakeUpstream(seed=3, fail_rate=0.2)
-    await fake.start()
+    fake = upstream
     hub: HubProcess | None = None
     rng = random.Random()
     try:
