@@ -7,9 +7,12 @@ import random
 import sqlite3
 
 import aiohttp
+import pytest
 
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
+
+pytestmark = pytest.mark.slow  # kill -9 under load
 
 ROUNDS = 4
 

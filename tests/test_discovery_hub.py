@@ -13,6 +13,8 @@ import pytest
 from support.netns import Lab, Proc
 from test_discovery import V4_A, V6_A, _pair
 
+pytestmark = pytest.mark.slow  # network namespaces
+
 
 def _hub(lab: Lab, ns: str, data: Path, config: Path) -> Proc:
     proc = Proc(["ip", "netns", "exec", ns, sys.executable, "-m", "hub", "--config", str(config), "run",

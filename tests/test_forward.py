@@ -78,6 +78,7 @@ async def test_new_events_reach_upstream_within_seconds(start_hub, http, upstrea
     assert time.monotonic() - t0 < 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "faults",
     [
@@ -118,6 +119,7 @@ async def test_hangs_past_the_timeout_are_retried(start_hub, http, upstream):
     await settle(hub, upstream, {e["mid"] for e in events})
 
 
+@pytest.mark.slow
 async def test_retry_after_is_honoured(start_hub, http, upstream):
     upstream.rate_limit(2, retry_after=1, status=429)
     hub = await start_hub(upstream={"url": upstream.url, **FAST})
@@ -129,6 +131,7 @@ async def test_retry_after_is_honoured(start_hub, http, upstream):
     assert hub.hub.forwarder.state.errors["throttled"] == 2
 
 
+@pytest.mark.slow
 async def test_rejected_key_waits_and_resumes_when_the_key_file_is_fixed(start_hub, http, upstream, tmp_path, caplog):
     key = tmp_path / "upstream-key"
     key.write_text("old-key")
@@ -199,6 +202,7 @@ async def test_400_isolates_the_refused_events_in_dead_letter(start_hub, http, u
     assert hub.rows("SELECT count(*) FROM dead_letter") == [(0,)]
 
 
+@pytest.mark.slow
 async def test_link_down_then_up_delivery_resumes_by_itself(start_hub, http, upstream):
     hub = await start_hub(upstream={"url": upstream.url, **FAST, "backoff_max": 30.0})
     await upstream.down()
@@ -316,6 +320,7 @@ async def _cli(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+@pytest.mark.slow
 async def test_cli_sync_and_dead_letters(start_hub, http, upstream):
     events = make_events(20)
     upstream.reject_mids = {events[3]["mid"]}

@@ -14,6 +14,8 @@ from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
 from support.hubs import write_config
 
+pytestmark = pytest.mark.slow  # kill -9 while forwarding
+
 ROUNDS = 4
 
 

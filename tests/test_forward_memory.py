@@ -15,6 +15,8 @@ from support.hubs import write_config
 from hub.config import StoreConfig
 from hub.store import Store, _insert_events
 
+pytestmark = pytest.mark.slow  # a million-event backlog
+
 BACKLOG = 1_000_000
 FORWARD = 60_000  # enough batches to reach a steady state; memory must not depend on what remains
 

@@ -200,6 +200,7 @@ async def test_same_events_by_file_and_api_stored_once(start_hub, http, tmp_path
 # ---- export and the round trip between hubs -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_round_trip_between_hubs(start_hub, http, tmp_path: Path) -> None:
     a = await start_hub(server={"data_dir": str(tmp_path / "a")})
     b = await start_hub(server={"data_dir": str(tmp_path / "b")})
@@ -367,6 +368,7 @@ async def test_full_store_refuses_import(start_hub, http, tmp_path: Path) -> Non
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_cli_exit_codes(start_hub, tmp_path: Path) -> None:
     rh = await start_hub()
     data_dir = str(rh.hub.data_dir)

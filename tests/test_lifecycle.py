@@ -10,6 +10,7 @@ import threading
 import time
 
 import aiohttp
+import pytest
 
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
@@ -30,6 +31,7 @@ def _listen(sock: socket.socket, got: list[tuple[float, str, bool]], port: int, 
         got.append((time.monotonic(), data, accepting))
 
 
+@pytest.mark.slow
 def test_sd_notify_ready_watchdog_stopping(tmp_path):
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -61,6 +63,7 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path):
         sock.close()
 
 
+@pytest.mark.slow
 async def test_sigterm_answers_every_request_in_flight(tmp_path):
     hub = HubProcess(tmp_path / "data")
     hub.start()

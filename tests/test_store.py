@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import pytest
+
 from hub.config import StoreConfig
 from hub.store import _MIGRATIONS, SCHEMA_VERSION
 from hub.telemetry import Checked, Event
@@ -100,6 +102,7 @@ def _store_bytes(path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
+@pytest.mark.slow
 async def test_upgrading_a_version_2_store_hands_the_space_of_the_copy_back(open_store, tmp_path):
     path = tmp_path / "hub.db"
     before = version_2_store(path, 4000)

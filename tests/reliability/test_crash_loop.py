@@ -15,6 +15,7 @@ import os
 import random
 import time
 
+import pytest
 import aiohttp
 from support.hubproc import HubProcess
 from support.upstream import FakeUpstream
@@ -22,6 +23,8 @@ from support.upstream import FakeUpstream
 from reliability import tally
 from reliability.helpers import Ledger, db_check, device
 from support.hubs import write_config
+
+pytestmark = pytest.mark.slow  # kill -9 loop under load
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "6"))
 DEVICES = 6

@@ -30,6 +30,8 @@ from reliability import tally
 from reliability.helpers import Ledger, db_check, device, require, version_2_store
 from support.hubs import write_config
 
+pytestmark = pytest.mark.slow  # real small file systems filled up; each test takes seconds
+
 DISK = "8m"
 
 

@@ -289,6 +289,7 @@ def _flip(data: bytes, at: int, value: int) -> bytes:
 FUZZ_CASES = 250
 
 
+@pytest.mark.slow
 @settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.data_too_large])
 @given(case=bodies, encoding=st.sampled_from([None, None, "identity", "br", "gzip, gzip", "x-gzip", "GZIP", "zstd"]))
@@ -313,6 +314,7 @@ def test_fuzz_device_api(hub, case, encoding):
         assert db_fingerprint(hub) == before
 
 
+@pytest.mark.slow
 def test_gzip_and_json_bombs_are_cut_off_cheaply(hub):
     """Small on the wire, huge inflated: refused with 413 while streaming, memory stays bounded."""
     pid = hub.proc.pid
@@ -460,6 +462,7 @@ def _stall(hub: HubProcess, data: bytes) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_body_shorter_than_content_length_times_out(hub):
     """A body that stops arriving gets 408 within server.client_timeout, and the connection is closed."""
     answer, took = _stall(hub, _req(b"Content-Length: 5000\r\n", b'{"events":['))
@@ -468,6 +471,7 @@ def test_body_shorter_than_content_length_times_out(hub):
     tally.add(fuzz_cases=1)
 
 
+@pytest.mark.slow
 def test_upload_that_stalls_is_cut_off(hub):
     """A Share Telemetry upload whose bytes stop arriving gets 408 within server.client_timeout; nothing imported."""
     token = (hub.data_dir / "admin-token").read_text().strip()
@@ -521,6 +525,7 @@ async def _trickle(port: int, head: bytes, rest: bytes, outcome: list[tuple[floa
         writer.close()
 
 
+@pytest.mark.slow
 async def test_slowloris_is_bounded_and_does_not_starve_devices(hub):
     """50 connections sending one byte a second: each is closed within server.client_timeout (plus a little),
     while normal devices keep getting their 200s fast."""
@@ -555,6 +560,7 @@ async def test_slowloris_is_bounded_and_does_not_starve_devices(hub):
           f"devices {dict(ledger.statuses)}, p50 {percentile(ledger.latencies, 50) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
 
 
+@pytest.mark.slow
 async def test_connection_flood_and_large_requests_stay_bounded(hub):
     """2,000 idle sockets plus 200 concurrent ~1 MB requests: connections capped at server.max_connections,
     bodies in memory capped at limits.max_buffered_bytes (503 + Retry-After beyond), RSS bounded, nothing lost."""

@@ -58,6 +58,8 @@ from reliability import tally
 from reliability.helpers import Ledger, device, require
 from support.hubs import write_config
 
+pytestmark = pytest.mark.slow  # power cuts (write journal, block devices)
+
 SHIM_SOURCE = Path(__file__).with_name("fsjournal") / "fsjournal.c"
 SECTOR = 512
 FILES = ("hub.db", "hub.db-wal")
