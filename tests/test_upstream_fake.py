@@ -284,3 +284,27 @@ async def test_control_api_of_a_subprocess(http: aiohttp.ClientSession) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_attempts_and_redeliveries_are_recorded(upstream: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    """What the retry and duplicate checks read: every attempt (failed ones too) and mids stored twice."""
+    upstream.fail_rate = 1.0
+    assert (await post(http, upstream, gz_body(batch(["a", "b"], msgid="m1"))))[0] == 500
+    upstream.fail_rate, upstream.reset_rate = 0.0, 1.0
+    with pytest.raises(aiohttp.ClientError):
+        await post(http, upstream, gz_body(batch(["a", "b"], msgid="m1")))
+    upstream.reset_faults()
+    assert (await post(http, upstream, gz_body(batch(["a", "b"], msgid="m1"))))[0] == 200
+    assert (await post(http, upstream, gz_body(batch(["a", "b"], msgid="m1"))))[0] == 200  # a retry after a lost ack
+    assert (await post(http, upstream, gz_body(batch(["b", "c"], msgid="m2"))))[0] == 200
+    async with http.post(upstream.url, data=gz_body(batch(["x"])), headers=headers(key="wrong")) as r:
+        assert r.status == 401
+    assert [(a.status, a.msgid, a.mids) for a in upstream.attempts] == [
+        (500, "m1", ["a", "b"]), (None, "m1", ["a", "b"]), (200, "m1", ["a", "b"]), (200, "m1", ["a", "b"]),
+        (200, "m2", ["b", "c"]), (401, None, None)]
+    assert all(x.at <= y.at for x, y in zip(upstream.attempts, upstream.attempts[1:]))
+    assert upstream.redelivered() == {"a": 2, "b": 3}
+    assert upstream.foreign_redeliveries() == {"b": {"m1", "m2"}}
+    assert upstream.changed_retries() == {}
+    assert (await post(http, upstream, gz_body(batch(["a"], msgid="m1"))))[0] == 200
+    assert upstream.changed_retries() == {"m1": [["a", "b"], ["a"]]}
