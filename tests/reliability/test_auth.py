@@ -21,7 +21,7 @@ import hub.admin
 import hub.ingest
 import hub.status
 from reliability import tally
-from reliability.helpers import PATH
+from reliability.helpers import PATH, duplicate_rows
 from support.hubs import write_config
 
 DEVICE_KEYS = ["devkey-Q7xw2LmN9pRt4Vb8", "devkey-Z3kd8HsY1uWq6Ej0"]
@@ -181,6 +181,8 @@ async def test_auth_gates_and_secrets_never_leak(secured, tmp_path):
         while not set(accepted) <= fake.mids and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert set(accepted) <= fake.mids, "forwarding with the upstream key did not work"
+        assert fake.redelivered() == {}, "an event reached upstream twice"
+        assert not duplicate_rows(db), "the store holds a mid in more than one row"
         for path in ("/health", "/", "/status.json", "/metrics"):
             await seen.request(http, "GET", url + path, headers=good)
     assert hub.terminate() == 0

@@ -27,7 +27,7 @@ import pytest
 from support.hubproc import HubProcess
 
 from reliability import tally
-from reliability.helpers import Ledger, db_check, device, require, version_2_store
+from reliability.helpers import Ledger, db_check, device, duplicate_rows, require, upstream_duplicates, version_2_store
 from support.hubs import write_config
 
 pytestmark = pytest.mark.slow  # real small file systems filled up; each test takes seconds
@@ -109,6 +109,7 @@ def check_store(hub: HubProcess, ledger: Ledger) -> None:
     tally.add(acked_checked=len(ledger.acked), lost_events=len(missing), fault_scenarios=1)
     assert integrity == "ok"
     assert not missing, f"{len(missing)} acknowledged events lost"
+    assert not duplicate_rows(hub.data_dir / "hub.db"), "the store holds a mid in more than one row"
     assert not ledger.half_stored(stored), "a refused request left part of its events stored"
     assert not ledger.unexpected, f"answers other than 200 and 503 + Retry-After: {ledger.unexpected[:5]}"
 
@@ -192,6 +193,9 @@ async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tm
     lost = ledger.acked - fake.mids
     tally.add(acked_checked=len(ledger.acked), lost_events=len(lost), fault_scenarios=1)
     assert integrity == "ok" and not lost
+    assert not duplicate_rows(hub.data_dir / "hub.db"), "the store holds a mid in more than one row"
+    redelivered = upstream_duplicates(fake)
+    assert not redelivered, redelivered
     assert not ledger.half_stored(stored | fake.mids)
     assert not ledger.unexpected, ledger.unexpected[:5]
     print(f"cap: {dict(ledger.statuses)}; resumed {took:.1f}s after upstream came back")

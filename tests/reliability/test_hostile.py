@@ -43,6 +43,7 @@ from reliability.helpers import (
     PATH,
     Ledger,
     device,
+    duplicate_rows,
     fd_count,
     percentile,
     proc_status,
@@ -68,6 +69,8 @@ def hub(tmp_path_factory):
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # the flood test opens ~2,300 sockets
     with HubProcess(tmp / "data", config=cfg) as h:
         yield h
+    # Whatever was thrown at it, the store holds each mid in one row.
+    assert not duplicate_rows(h.data_dir / "hub.db")
     # No traceback but aiohttp's own for malformed HTTP (it logs those at ERROR; see the report).
     for block in h.log_path.read_text().split("Traceback (most recent call last):")[1:]:
         last = next(line for line in block.splitlines()[1:] if line and not line.startswith(" "))

@@ -55,7 +55,7 @@ from support.hubproc import HubProcess
 from support.upstream import FakeUpstream
 
 from reliability import tally
-from reliability.helpers import Ledger, device, require
+from reliability.helpers import Ledger, device, duplicate_rows, require
 from support.hubs import write_config
 
 pytestmark = pytest.mark.slow  # power cuts (write journal, block devices)
@@ -151,7 +151,10 @@ def crash_state(records: list[Rec], cut: int, rng: random.Random, keep: float) -
 
 
 def open_state(images: list[bytearray], where: Path) -> tuple[str, set[str]]:
-    """Write the files out and open them as the restarted hub would: (integrity_check, stored mids)."""
+    """Write the files out and open them as the restarted hub would: (integrity_check, stored mids).
+
+    The integrity result also names any mid stored in more than one row (so it is then not "ok").
+    """
     if where.exists():
         shutil.rmtree(where)
     where.mkdir(parents=True)
@@ -163,6 +166,7 @@ def open_state(images: list[bytearray], where: Path) -> tuple[str, set[str]]:
         integrity = ";".join(r[0] for r in con.execute("PRAGMA integrity_check"))
         try:
             mids = {m for (m,) in con.execute("SELECT mid FROM events")}
+            integrity += _duplicates(con)
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
@@ -170,6 +174,12 @@ def open_state(images: list[bytearray], where: Path) -> tuple[str, set[str]]:
     finally:
         con.close()
     return integrity, mids
+
+
+def _duplicates(con: sqlite3.Connection) -> str:
+    """Appended to the integrity result: a crash state must also hold each mid in one row only."""
+    dupes = duplicate_rows(con)
+    return f"; mids stored more than once: {dupes}" if dupes else ""
 
 
 async def run_journaled_hub(tmp_path: Path, seconds: float, extra_env: dict[str, str] | None = None
@@ -398,6 +408,7 @@ def open_state_in_place(db: Path) -> tuple[str, set[str]]:
     try:
         integrity = ";".join(r[0] for r in con.execute("PRAGMA integrity_check"))
         mids = {m for (m,) in con.execute("SELECT mid FROM events")}
+        integrity += _duplicates(con)
     finally:
         con.close()
     return integrity, mids
