@@ -8,6 +8,10 @@ moment (sometimes during start-up). At the end, with the link steady: every ackn
 the store and upstream has every one of them; nothing upstream was invented; the database is intact;
 the store holds one row per mid and upstream got each mid in one batch msgid only (resent batches
 and batches in flight at a kill come again with their msgid, which upstream discards).
+
+The schedule (faults, kill moments, batch sizes) follows one random seed, printed at the start, in the
+reliability summary and in every failure message; CRASH_SEED=<n> replays it (timing is real, so a
+replay repeats the schedule, not every race).
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ def _faults(fake: FakeUpstream, rng: random.Random) -> str:
 
 async def test_crash_loop_loses_nothing(tmp_path, upstream):
     seed = int(os.environ.get("CRASH_SEED", str(random.randrange(2**32))))
+    # Shown with a failure (captured output), in the reliability summary and in every assertion message.
+    print(f"crash loop seed {seed}: replay with CRASH_SEED={seed}")
+    tally.crash_seeds.append(seed)
     rng = random.Random(seed)
     fake = upstream
     fake.random.seed(seed)  # the fake's random faults follow the crash seed too
