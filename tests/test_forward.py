@@ -348,6 +348,7 @@ def _gaps(attempts) -> list[float]:
     return [b.at - a.at for a, b in zip(attempts, attempts[1:])]
 
 
+@pytest.mark.slow  # 3 s of 500s by design
 async def test_server_errors_are_retried_with_backoff_then_everything_is_delivered(start_hub, http, upstream):
     """Upstream answers 500 for 3 s: the hub retries a few times, spaced by its backoff, then delivers all once."""
     initial, cap, window = 0.1, 0.4, 3.0
