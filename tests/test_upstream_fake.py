@@ -308,3 +308,17 @@ async def test_attempts_and_redeliveries_are_recorded(upstream: FakeUpstream, ht
     assert upstream.changed_retries() == {}
     assert (await post(http, upstream, gz_body(batch(["a"], msgid="m1"))))[0] == 200
     assert upstream.changed_retries() == {"m1": [["a", "b"], ["a"]]}
+
+
+async def test_up_right_after_reset_faults_ends_a_flap_while_down(upstream: FakeUpstream, http: aiohttp.ClientSession) -> None:
+    """reset_faults() lets the cancelled flap bring the link up; an up() at once must not race it for the port."""
+    for _ in range(5):
+        flapping = upstream.flap(0.05, 10.0)
+        while not upstream.is_down:
+            await asyncio.sleep(0.01)
+        upstream.reset_faults()
+        await asyncio.wait_for(upstream.up(), 0.5)  # losing the race meant ~1 s of EADDRINUSE retries, then OSError
+        await asyncio.wait([flapping])
+        assert flapping.cancelled() or flapping.exception() is None, flapping.exception()
+        assert not upstream.is_down
+        assert (await post(http, upstream, gz_body(batch(["a"]))))[0] == 200

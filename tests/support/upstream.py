@@ -388,6 +388,8 @@ class FakeUpstream:
     async def _listen(self) -> None:
         assert self._runner is not None
         for attempt in range(50):
+            if self._site is not None:
+                return  # another up() (e.g. a cancelled flap's) got there first while we waited
             site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
             try:
                 await site.start()
