@@ -1,4 +1,4 @@
-"""Helpers shared by the tests (importable as ``support.*``: pyproject puts tests/ on sys.path).
+"""Helpers the tests have in common (importable as ``support.*``: pyproject puts tests/ on sys.path).
 
 - ``hubs``: configs, the in-process hub (``InProcessHubs`` behind the ``start_hub`` fixture), TOML config files
 - ``hubproc``: the hub as a subprocess (``HubProcess``), for kill -9, fuzzing and exit codes
