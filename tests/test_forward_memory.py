@@ -12,8 +12,7 @@ import pytest
 from support.hubproc import HubProcess
 from support.hubs import write_config
 
-from hub.config import StoreConfig
-from hub.store import Store, _insert_events
+from hub.store import _insert_events
 
 pytestmark = pytest.mark.slow  # a million-event backlog
 
@@ -21,11 +20,10 @@ BACKLOG = 1_000_000
 FORWARD = 60_000  # enough batches to reach a steady state; memory must not depend on what remains
 
 
-async def _fill(db: Path, n: int) -> None:
+async def _fill(open_store, db: Path, n: int) -> None:
     """Create the hub's schema, then insert n small pending events straight into the file."""
-    store = Store(db, StoreConfig())
-    await store.open()
-    await store.close()
+    store = await open_store(db)
+    await store.close()  # before writing the file from outside
     con = sqlite3.connect(db)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=OFF")  # test set-up only
@@ -48,10 +46,10 @@ def _rss_mb(pid: int, field: str) -> float:
 
 
 @pytest.mark.upstream_options(record_events=False)
-async def test_forwarding_a_million_event_backlog_keeps_memory_flat(tmp_path, upstream):
+async def test_forwarding_a_million_event_backlog_keeps_memory_flat(tmp_path, upstream, open_store):
     data = tmp_path / "data"
     data.mkdir()
-    await _fill(data / "hub.db", BACKLOG)
+    await _fill(open_store, data / "hub.db", BACKLOG)
     fake = upstream
     await fake.down()  # idle first: the link is down, nothing moves
     cfg = write_config(tmp_path / "hub.toml",
