@@ -2,7 +2,7 @@
 
 Usage: python bench/forward.py [--backlog 200000] [--rate 1000] [--seconds 20]
 
-The upstream is the tests' fake Sunbird server (tests/upstream.py) running in this process; the hub
+The upstream is the tests' fake Sunbird server (tests/support/upstream.py) running in this process; the hub
 runs as a subprocess. Baseline = the same upstream fed the same 200-event gzip batches by a bare
 client, one request in flight like the hub, so the hub's rate reads as a fraction of what the
 upstream itself can take.
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from events import make_events  # noqa: E402
-from hubproc import HubProcess  # noqa: E402
-from upstream import FakeUpstream  # noqa: E402
+from support.events import make_events  # noqa: E402
+from support.hubproc import HubProcess  # noqa: E402
+from support.upstream import FakeUpstream  # noqa: E402
 
 from hub.config import StoreConfig  # noqa: E402
 from hub.store import Store  # noqa: E402

@@ -27,8 +27,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from events import make_events  # noqa: E402
-from hubproc import free_port  # noqa: E402
+from support.events import make_events  # noqa: E402
+from support.hubproc import free_port  # noqa: E402
 
 BASELINE = r'''
 import gzip, json, sys

@@ -3,7 +3,7 @@
 Usage: python bench/soak.py --minutes 30 [--devices 20] [--rate 200] [--interval 60] [--retention-minutes 5]
 
 The hub runs as a subprocess (its data in a temp dir), the upstream is the tests' fake Sunbird server
-as a second subprocess (tests/upstream.py) driven through its control API: it flaps (up 20 s, down
+as a second subprocess (tests/support/upstream.py) driven through its control API: it flaps (up 20 s, down
 8 s) and fails 5% of requests. Simulated devices (mobile, JS library and desktop envelopes, batches
 of 1-50 events) send --rate events/s in total and keep a batch until it is acknowledged.
 
@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from events import desktop_request, js_request, make_events, mobile_request
-from hubproc import HubProcess, free_port
+from support.events import desktop_request, js_request, make_events, mobile_request
+from support.hubproc import HubProcess, free_port
 
 PATH = "/api/data/v1/telemetry"
 SAMPLE_S = 5.0
@@ -162,7 +162,7 @@ async def soak(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     up_port, control_port = free_port(), free_port()
     upstream = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", str(up_port), "--control-port",
+        [sys.executable, str(ROOT / "tests" / "support" / "upstream.py"), "--port", str(up_port), "--control-port",
          str(control_port), "--quiet", "--no-record-events", "--fail-rate", "0.05", "--seed", "7"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert upstream.stdout is not None

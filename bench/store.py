@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from events import make_events  # noqa: E402
+from support.events import make_events  # noqa: E402
 
 from hub.config import StoreConfig  # noqa: E402
 from hub.store import Store  # noqa: E402

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from netns import Lab, Proc  # tests/ is on sys.path (pytest's rootdir-relative import)
+from support.netns import Lab, Proc  # tests/ is on sys.path (pytest's rootdir-relative import)
 
 from hub import discovery
 from hub.discovery import (
@@ -138,6 +138,7 @@ async def test_poll_loop_survives_errors_and_warns_once(
     assert [r.levelno for r in failures].count(logging.WARNING) == 1
 
 
+@pytest.mark.slow
 async def test_advertise_and_find_on_loopback() -> None:
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -224,6 +225,7 @@ def pair(lab: Lab) -> Pair:
     return _pair(lab)
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_found_with_addresses_port_and_txt(pair: Pair) -> None:
     name = _registered(pair.advertise("Kamla Nagar Hub"))
@@ -239,6 +241,7 @@ def test_found_with_addresses_port_and_txt(pair: Pair) -> None:
     assert f"http://{V4_A}:9001/api/data/v1/telemetry" in hub["urls"]
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_address_change_is_announced_without_restart(pair: Pair) -> None:
     adv = pair.advertise("Moving Hub")
@@ -262,6 +265,7 @@ def test_address_change_is_announced_without_restart(pair: Pair) -> None:
     assert [line for line in stdout if line.startswith("registered ")] == [f"registered {name}"]
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_goodbye_reaches_a_running_browser_within_2s(pair: Pair) -> None:
     watch = pair.lab.spawn(pair.b, "watch")
@@ -274,6 +278,7 @@ def test_goodbye_reaches_a_running_browser_within_2s(pair: Pair) -> None:
     assert json.loads(line)["t"] - sent < 2.0
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_same_name_on_the_lan_is_renamed_not_fatal(pair: Pair) -> None:
     # A second host, as in a real LAN: two processes on one address would share port 5353, and
@@ -296,6 +301,7 @@ def test_same_name_on_the_lan_is_renamed_not_fatal(pair: Pair) -> None:
     assert first.popen.poll() is None and second.popen.poll() is None
 
 
+@pytest.mark.slow
 @pytest.mark.netns
 def test_registers_once_an_address_appears(lab: Lab) -> None:
     pair = _pair(lab, addresses_a=False)

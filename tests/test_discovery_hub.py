@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from netns import Lab, Proc
+from support.netns import Lab, Proc
 from test_discovery import V4_A, V6_A, _pair
+
+pytestmark = pytest.mark.slow  # network namespaces
 
 
 def _hub(lab: Lab, ns: str, data: Path, config: Path) -> Proc:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from events import js_request, make_events
-from drive import FAST, send, wait_for
+from support.events import js_request, make_events
+from support.drive import FAST, send, wait_for
 
 def pending(hub) -> int:
     return hub.rows("SELECT count(*) FROM events WHERE delivered_at IS NULL")[0][0]
@@ -78,6 +78,7 @@ async def test_new_events_reach_upstream_within_seconds(start_hub, http, upstrea
     assert time.monotonic() - t0 < 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "faults",
     [
@@ -118,6 +119,7 @@ async def test_hangs_past_the_timeout_are_retried(start_hub, http, upstream):
     await settle(hub, upstream, {e["mid"] for e in events})
 
 
+@pytest.mark.slow
 async def test_retry_after_is_honoured(start_hub, http, upstream):
     upstream.rate_limit(2, retry_after=1, status=429)
     hub = await start_hub(upstream={"url": upstream.url, **FAST})
@@ -129,6 +131,7 @@ async def test_retry_after_is_honoured(start_hub, http, upstream):
     assert hub.hub.forwarder.state.errors["throttled"] == 2
 
 
+@pytest.mark.slow
 async def test_rejected_key_waits_and_resumes_when_the_key_file_is_fixed(start_hub, http, upstream, tmp_path, caplog):
     key = tmp_path / "upstream-key"
     key.write_text("old-key")
@@ -199,6 +202,7 @@ async def test_400_isolates_the_refused_events_in_dead_letter(start_hub, http, u
     assert hub.rows("SELECT count(*) FROM dead_letter") == [(0,)]
 
 
+@pytest.mark.slow
 async def test_link_down_then_up_delivery_resumes_by_itself(start_hub, http, upstream):
     hub = await start_hub(upstream={"url": upstream.url, **FAST, "backoff_max": 30.0})
     await upstream.down()
@@ -317,6 +321,7 @@ async def _cli(*args: str) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
+@pytest.mark.slow
 async def test_cli_sync_and_dead_letters(start_hub, http, upstream):
     events = make_events(20)
     upstream.reject_mids = {events[3]["mid"]}
@@ -338,3 +343,61 @@ async def test_cli_sync_and_dead_letters(start_hub, http, upstream):
     code, out = await _cli("dead-letter", "requeue", events[3]["mid"], "--url", hub.url, "--token", token)
     assert code == 0 and "re-queued 1" in out
     await settle(hub, upstream, {e["mid"] for e in events})
+
+
+def _gaps(attempts) -> list[float]:
+    return [b.at - a.at for a, b in zip(attempts, attempts[1:])]
+
+
+@pytest.mark.slow  # 3 s of 500s by design
+async def test_server_errors_are_retried_with_backoff_then_everything_is_delivered(start_hub, http, upstream):
+    """Upstream answers 500 for 3 s: the hub retries a few times, spaced by its backoff, then delivers all once."""
+    initial, cap, window = 0.1, 0.4, 3.0
+    upstream.fail_rate = 1.0  # every batch: 500 SERVER_ERROR, nothing stored
+    hub = await start_hub(upstream={"url": upstream.url, **FAST, "backoff_initial": initial, "backoff_max": cap})
+    events = make_events(30)  # one batch
+    await send(http, hub, events)
+    await wait_for(lambda: upstream.attempts, 5, "the first attempt")
+    first = upstream.attempts[0].at
+    await asyncio.sleep(window)
+    upstream.fail_rate = 0.0
+    failed = [a for a in upstream.attempts if a.status == 500]
+    in_window = [a for a in failed if a.at - first <= window]
+    # Full-jitter backoff: the k-th wait is uniform in [0, min(cap, initial * 2**k)], so its mean is at least
+    # `initial` (the first) and soon cap/2. Twice the count that mean-`initial` waits would fit is far above
+    # what the hub makes (~15) and far below a loop without backoff (hundreds in 3 s).
+    bound = 2 * (1 + window / initial)
+    gaps = _gaps(in_window)
+    print(f"{len(in_window)} attempts in {window} s (bound {bound:.0f}); gaps {[round(g, 3) for g in gaps[:40]]}")
+    assert 2 <= len(in_window) <= bound, f"{len(in_window)} attempts in {window} s (bound {bound:.0f})"
+    median = sorted(gaps)[len(gaps) // 2]
+    # Spaced: a jittered wait may be near 0 now and then, but most are a good part of the backoff.
+    assert median >= initial / 4, f"median gap {median * 1000:.1f} ms; gaps {[round(g, 3) for g in gaps[:40]]}"
+    assert max(gaps) <= cap + 0.5, f"a wait beyond backoff_max: {[round(g, 3) for g in gaps[:40]]}"
+    await settle(hub, upstream, {e["mid"] for e in events}, 10)
+    assert upstream.redelivered() == {}, "an event went up twice"
+    assert len(upstream.batches) == 1 and upstream.batches[0].mids == [e["mid"] for e in events]
+
+
+@pytest.mark.parametrize("fault", ["500", "reset"])
+async def test_a_retried_batch_keeps_its_msgid_and_its_events(start_hub, http, upstream, fault):
+    """Upstream dedups batches by params.msgid: a retry must be the same batch, not a new one (nor a changed one)."""
+    if fault == "500":
+        upstream.fail_rate = 1.0  # answered 500 SERVER_ERROR
+    else:
+        upstream.reset_rate = 1.0  # read, then the connection drops before any answer
+    hub = await start_hub(upstream={"url": upstream.url, **FAST})
+    events = make_events(30)  # one batch
+    mids = [e["mid"] for e in events]
+    await send(http, hub, events)
+    await wait_for(lambda: len(upstream.attempts) >= 3, 10, "three failed attempts")
+    upstream.reset_faults()
+    await settle(hub, upstream, set(mids), 10)
+    attempts = upstream.attempts
+    failed, last = attempts[:-1], attempts[-1]
+    assert len(failed) >= 3 and all(a.status == (500 if fault == "500" else None) for a in failed), attempts
+    assert last.status == 200
+    assert attempts[0].msgid, "the batch has no params.msgid"
+    assert [a.msgid for a in attempts] == [attempts[0].msgid] * len(attempts), "a retry came with a new msgid"
+    assert all(a.mids == mids for a in attempts), "a retry carried other events than the first attempt"
+    assert [(b.msgid, b.mids) for b in upstream.batches] == [(attempts[0].msgid, mids)]

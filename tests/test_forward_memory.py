@@ -8,22 +8,22 @@ import time
 import uuid
 from pathlib import Path
 
-from hubproc import HubProcess
-from upstream import FakeUpstream
+import pytest
+from support.hubproc import HubProcess
+from support.hubs import write_config
 
-from hub.config import StoreConfig
-from hub.store import Store
 from hub.store.writes import insert_events
+
+pytestmark = pytest.mark.slow  # a million-event backlog
 
 BACKLOG = 1_000_000
 FORWARD = 60_000  # enough batches to reach a steady state; memory must not depend on what remains
 
 
-async def _fill(db: Path, n: int) -> None:
+async def _fill(open_store, db: Path, n: int) -> None:
     """Create the hub's schema, then insert n small pending events straight into the file."""
-    store = Store(db, StoreConfig())
-    await store.open()
-    await store.close()
+    store = await open_store(db)
+    await store.close()  # before writing the file from outside
     con = sqlite3.connect(db)
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=OFF")  # test set-up only
@@ -45,16 +45,15 @@ def _rss_mb(pid: int, field: str) -> float:
     raise AssertionError(field)
 
 
-async def test_forwarding_a_million_event_backlog_keeps_memory_flat(tmp_path):
+@pytest.mark.upstream_options(record_events=False)
+async def test_forwarding_a_million_event_backlog_keeps_memory_flat(tmp_path, upstream, open_store):
     data = tmp_path / "data"
     data.mkdir()
-    await _fill(data / "hub.db", BACKLOG)
-    fake = FakeUpstream(record_events=False)
-    await fake.start()
+    await _fill(open_store, data / "hub.db", BACKLOG)
+    fake = upstream
     await fake.down()  # idle first: the link is down, nothing moves
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(f'[upstream]\nurl = "{fake.url}"\nbackoff_initial = 0.1\nbackoff_max = 0.3\n'
-                   'probe_interval = 0.2\n[discovery]\nenabled = false\n')
+    cfg = write_config(tmp_path / "hub.toml",
+                       upstream={"url": fake.url, "backoff_initial": 0.1, "backoff_max": 0.3, "probe_interval": 0.2})
     hub = HubProcess(data, config=cfg)
     await asyncio.to_thread(hub.start)
     try:

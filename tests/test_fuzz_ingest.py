@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events import make_events, mobile_request
-from hubproc import HubProcess
+from support.events import make_events, mobile_request
+from support.hubproc import HubProcess
+
+pytestmark = pytest.mark.slow  # hundreds of hypothesis cases against a subprocess hub
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),

@@ -1,4 +1,4 @@
-"""hub.imports: Share Telemetry files into a real hub's store (ledger, dedup, all-or-nothing), export, CLI, HTTP."""
+"""hub.share import and export: Share Telemetry files into a real hub's store (ledger, dedup, all-or-nothing), export, CLI, HTTP."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import RunningHub
-from events import make_events, mobile_request
+from support.hubs import RunningHub
+from support.events import make_events, mobile_request
 from hub import __version__
 from hub.share import Importer, ImportReport, NothingToExport, export_archive, parse_since
 from hub.schema import SchemaChecker
 from hub.share import FORMAT_ARCHIVE, FORMAT_GSA, read_share_file
-from sharefiles import (
+from support.sharefiles import (
     DID,
     SAMPLE_ARCHIVE,
     SAMPLE_COUNTS,
@@ -200,6 +200,7 @@ async def test_same_events_by_file_and_api_stored_once(start_hub, http, tmp_path
 # ---- export and the round trip between hubs -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_round_trip_between_hubs(start_hub, http, tmp_path: Path) -> None:
     a = await start_hub(server={"data_dir": str(tmp_path / "a")})
     b = await start_hub(server={"data_dir": str(tmp_path / "b")})
@@ -367,6 +368,7 @@ async def test_full_store_refuses_import(start_hub, http, tmp_path: Path) -> Non
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_cli_exit_codes(start_hub, tmp_path: Path) -> None:
     rh = await start_hub()
     data_dir = str(rh.hub.data_dir)

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from events import desktop_request, js_request, make_events, mobile_request, sample_events
+from support.events import desktop_request, js_request, make_events, mobile_request, sample_events
 
 PATHS = ["/api/data/v1/telemetry", "/v1/telemetry", "/content/data/v1/telemetry", "/action/data/v3/telemetry"]
 
@@ -307,3 +307,33 @@ async def test_health_reports_store_and_backlog(start_hub, http):
         body = await r.json()
     assert r.status == 200 and body["healthy"] and body["store_writable"] and body["backlog"] == 5
     assert body["version"]
+
+
+@pytest.mark.parametrize("mid", ["missing", None, ""], ids=["no-mid", "mid-null", "mid-empty"])
+async def test_event_without_a_mid_is_quarantined_and_the_rest_stored(start_hub, http, mid):
+    """A real event without a usable mid, as the mobile app sends it (gzip, its envelope): quarantined, never stored.
+
+    Dedup, delivery and the upstream contract all hang on mid; the request's other events are stored.
+    """
+    hub = await start_hub()
+    events = make_events(3)
+    if mid == "missing":
+        del events[1]["mid"]
+    else:
+        events[1]["mid"] = mid
+    body, headers = mobile_request(events)
+    async with http.post(hub.url + "/api/data/v1/telemetry", data=body, headers=headers) as r:
+        status, text = r.status, await r.text()
+    assert status == 200, text  # not a 500: the event must not reach the store's insert
+    answer = json.loads(text)
+    assert answer["result"]["accepted"] == 2
+    [q] = answer["result"]["quarantined"]
+    assert q["index"] == 1 and "'mid'" in q["reason"], q
+    assert set(stored(hub)) == {events[0]["mid"], events[2]["mid"]}
+    assert hub.rows("SELECT count(*) FROM events") == [(2,)]
+    [(reason, raw, qmid)] = hub.rows("SELECT reason, raw, mid FROM quarantine")
+    assert "'mid'" in reason and qmid == events[1].get("mid")
+    assert json.loads(raw) == events[1]  # the event itself is kept aside, not lost
+    async with http.get(hub.url + "/health") as r:
+        health = await r.json()
+    assert (health["quarantined"], health["stored_total"], health["backlog"]) == (1, 2, 2)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
 import aiohttp
+import pytest
 
-from events import make_events, mobile_request
-from hubproc import HubProcess, free_port
+from support.events import make_events, mobile_request
+from support.hubproc import HubProcess
 
 
 def _listen(sock: socket.socket, got: list[tuple[float, str, bool]], port: int, stop: threading.Event) -> None:
@@ -33,20 +31,19 @@ def _listen(sock: socket.socket, got: list[tuple[float, str, bool]], port: int, 
         got.append((time.monotonic(), data, accepting))
 
 
+@pytest.mark.slow
 def test_sd_notify_ready_watchdog_stopping(tmp_path):
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
-    port = free_port()
+    hub = HubProcess(tmp_path / "data", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": None})
+    port = hub.port
     got: list[tuple[float, str, bool]] = []
     stop = threading.Event()
     t = threading.Thread(target=_listen, args=(sock, got, port, stop), daemon=True)
     t.start()
-    env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
-    env.pop("WATCHDOG_PID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data"), "--no-discovery"], env=env, stderr=subprocess.DEVNULL)
     try:
+        hub.start()
         deadline = time.monotonic() + 20
         while not any("READY=1" in d for _, d, _ in got) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -57,17 +54,16 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path):
         time.sleep(1.5)
         pings = [g for g in got if "WATCHDOG=1" in g[1]]
         assert len(pings) >= 4, f"watchdog pings: {len(pings)} in 1.5 s at a 0.2 s interval"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert hub.terminate(30) == 0
         time.sleep(0.3)
         assert any("STOPPING=1" in d for _, d, _ in got), "no STOPPING=1 on SIGTERM"
     finally:
         stop.set()
-        if proc.poll() is None:
-            proc.kill()
+        hub.kill()
         sock.close()
 
 
+@pytest.mark.slow
 async def test_sigterm_answers_every_request_in_flight(tmp_path):
     hub = HubProcess(tmp_path / "data")
     hub.start()
@@ -111,9 +107,9 @@ def test_port_in_use_is_explained_not_a_traceback(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
-                            "--data-dir", str(tmp_path / "data"), "--no-discovery"], capture_output=True, text=True,
-                           timeout=30)
+        hub = HubProcess(tmp_path / "data")
+        hub.port = port
+        r = hub.run_to_exit()
     assert r.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in r.stderr and "server.port" in r.stderr
     assert "Traceback" not in r.stderr
@@ -123,8 +119,7 @@ def test_a_damaged_database_is_explained(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "hub.db").write_bytes(b"this is not a database, " * 100)
-    r = subprocess.run([sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(free_port()),
-                        "--data-dir", str(data), "--no-discovery"], capture_output=True, text=True, timeout=30)
+    r = HubProcess(data).run_to_exit()
     assert r.returncode == 1 and "cannot open the database" in r.stderr and "move it aside" in r.stderr
     assert "Traceback" not in r.stderr
     assert (data / "hub.db").read_bytes().startswith(b"this is not a database")  # left as it was

@@ -171,6 +171,7 @@ async def test_watchdog_keeps_pinging(path_socket: Listener, monkeypatch: pytest
     assert len(path_socket.times_of("WATCHDOG=1")) == count
 
 
+@pytest.mark.slow
 async def test_no_pings_while_event_loop_is_blocked(
     path_socket: Listener, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -28,7 +28,7 @@ from hub.share import (
     read_share_file,
     write_archive,
 )
-from sharefiles import (
+from support.sharefiles import (
     DID,
     MiB,
     PRODUCER,

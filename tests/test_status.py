@@ -12,13 +12,15 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import hub_config
-from events import js_request, make_events
+import pytest
+
+from support.hubs import hub_config
+from support.events import js_request, make_events
 from hub.discovery import local_urls
 from hub.facts import page_needs_token
-from drive import FAST as DRIVE_FAST
-from drive import send as post
-from drive import wait_for
+from support.drive import FAST as DRIVE_FAST
+from support.drive import send as post
+from support.drive import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {**DRIVE_FAST, "timeout": 2.0, "auth_retry_interval": 300.0}
@@ -249,6 +251,7 @@ def test_token_rule_auto_means_yes_unless_loopback(tmp_path):
     assert needs("127.0.0.1", "yes") and not needs("", "no")
 
 
+@pytest.mark.slow
 async def test_unreachable_upstream_with_a_backlog_is_reported_after_health_upstream_down_minutes(
         start_hub, http, upstream):
     await upstream.down()
@@ -309,6 +312,7 @@ async def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_cli_status_prints_the_facts_and_exits_by_health(start_hub, http):
     hub = await start_hub(auth={"status_page_requires_token": "yes"})
     await post(http, hub, make_events(6, did="tablet-a"), "tablet-a")

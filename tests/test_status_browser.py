@@ -6,11 +6,15 @@ import shutil
 from pathlib import Path
 
 
-from cdp import Browser, chromium_or_skip
-from events import make_events
-from drive import FAST as DRIVE_FAST
-from drive import send as post
-from drive import wait_for
+import pytest
+
+from support.cdp import Browser, chromium_or_skip
+from support.events import make_events
+from support.drive import FAST as DRIVE_FAST
+from support.drive import send as post
+from support.drive import wait_for
+
+pytestmark = pytest.mark.slow  # a real browser
 
 OUT = Path(__file__).resolve().parents[1] / "bench" / "out"  # gitignored: screenshots to look at
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from events import make_events, mobile_request
+from support.events import make_events, mobile_request
 
 
 async def _post_tls(url: str, fingerprint: bytes) -> int:

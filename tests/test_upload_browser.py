@@ -5,8 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cdp import Browser, chromium_or_skip
-from sharefiles import SAMPLE_ARCHIVE, SAMPLE_COUNTS, build_archive, event_bytes
+import pytest
+
+from support.cdp import Browser, chromium_or_skip
+from support.sharefiles import SAMPLE_ARCHIVE, SAMPLE_COUNTS, build_archive, event_bytes
+
+pytestmark = pytest.mark.slow  # a real browser
 
 REPORT_READY = "document.querySelector('h1') && /report|imported/i.test(document.querySelector('h1').textContent)"
 

@@ -1,4 +1,7 @@
-"""Shared parts of the reliability tests: config files, simulated devices, database and process checks."""
+"""Shared parts of the reliability tests: simulated devices, database and process checks.
+
+Config files come from support.hubs.write_config, hubs from support.hubproc.HubProcess.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from events import desktop_request, js_request, make_events, mobile_request
+from support.events import desktop_request, js_request, make_events, mobile_request
 
 PATH = "/api/data/v1/telemetry"
 ENVELOPES = ("mobile", "js", "desktop")
@@ -27,29 +30,6 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason} (CI=true: this test must run in CI)")
     pytest.skip(reason)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
-
-
-def write_config(path: Path, **sections: dict[str, Any]) -> Path:
-    """A hub TOML config file; mDNS is off unless a test turns it on (no multicast noise in tests)."""
-    sections.setdefault("discovery", {"enabled": False})
-    lines: list[str] = []
-    for name, values in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def build_request(events: list[dict[str, Any]], kind: str, did: str) -> tuple[bytes, dict[str, str]]:
@@ -73,6 +53,7 @@ class Ledger:
     ack_marks: list[tuple[Any, list[str]]] = field(default_factory=list)  # (mark() at the ack, mids)
     errors: int = 0  # connection errors (hub killed, restarting)
     batches: list[list[str]] = field(default_factory=list)  # every batch's mids, acked or not
+    resent: int = 0  # acknowledged batches sent once more (a lost ack), so the hub's dedup is exercised
 
     def half_stored(self, stored: set[str]) -> list[list[str]]:
         """Batches of which some but not all events are stored (a request is all or nothing)."""
@@ -81,13 +62,16 @@ class Ledger:
 
 async def device(http: aiohttp.ClientSession, url: str, did: str, ledger: Ledger, stop: asyncio.Event,
                  rng: random.Random, sizes: tuple[int, ...] = (1, 5, 20, 200), pause: float = 0.0,
-                 mark: Any = None, timeout: float = 30.0) -> None:
+                 mark: Any = None, timeout: float = 30.0, resend: float = 0.1) -> None:
     """A device that syncs until `stop`: it keeps a batch until the hub answers 200, as the Sunbird app does.
 
     `mark`, when given, is called right after each 200 arrives; its value is kept with the acked mids
     (the power-loss test uses it to know which acks happened before which instant).
+    `resend` is the share of acknowledged batches sent once more, as a device does whose ack got lost
+    (or that was killed before it forgot the batch): the hub must store and forward those events once.
     """
     pending: tuple[list[str], bytes, dict[str, str]] | None = None
+    again = False  # the pending batch was acknowledged already and is being sent once more
     while not stop.is_set():
         if pending is None:
             events = make_events(rng.choice(sizes), did=did)
@@ -114,7 +98,11 @@ async def device(http: aiohttp.ClientSession, url: str, did: str, ledger: Ledger
                 ledger.ack_marks.append((mark(), mids))
             ledger.acked.update(mids)
             ledger.latencies.append(time.monotonic() - started)
-            pending = None
+            if not again and resend and rng.random() < resend:
+                again = True
+                ledger.resent += 1
+            else:
+                pending, again = None, False
         elif status == 503 and retry_after:
             await asyncio.sleep(0.05)
         else:
@@ -134,6 +122,37 @@ def db_check(path: Path) -> tuple[str, set[str], int]:
     finally:
         con.close()
     return integrity, mids, undelivered
+
+
+DUPLICATE_MIDS = "SELECT mid, count(*) FROM events GROUP BY mid HAVING count(*) > 1"
+
+
+def duplicate_rows(db: Path | sqlite3.Connection) -> list[tuple[str, int]]:
+    """Mids the store holds in more than one row (it must hold exactly one per mid), read by an outsider."""
+    if isinstance(db, sqlite3.Connection):
+        return db.execute(DUPLICATE_MIDS + " LIMIT 20").fetchall()
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute(DUPLICATE_MIDS + " LIMIT 20").fetchall()
+    finally:
+        con.close()
+
+
+def upstream_duplicates(fake: Any) -> str:
+    """Why upstream's copy is not one per event, or "" (fake: a support.upstream.FakeUpstream).
+
+    The same batch sent again (same msgid, same events: a lost ack, a kill -9 in flight) is a retry the
+    real upstream discards; a mid that came in two different msgids, or a msgid that came back with other
+    events, is a duplicate or a loss there.
+    """
+    foreign, changed = fake.foreign_redeliveries(), fake.changed_retries()
+    problems = []
+    if foreign:
+        problems.append(f"{len(foreign)} mids reached upstream in more than one batch msgid, e.g. "
+                        f"{dict(list(foreign.items())[:3])}")
+    if changed:
+        problems.append(f"{len(changed)} msgids were sent again with other events, e.g. {dict(list(changed.items())[:2])}")
+    return "; ".join(problems)
 
 
 def proc_status(pid: int, key: str) -> int:

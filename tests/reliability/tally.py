@@ -13,6 +13,7 @@ fault_scenarios = 0  # full disk, store cap, SQLITE_FULL, slowloris, connection 
 acked_checked = 0  # acknowledged events whose survival was checked
 lost_events = 0  # acknowledged events missing afterwards (must stay 0)
 client_fault_5xx = 0  # 5xx answers to requests that were the client's fault (must stay 0)
+crash_seeds: list[int] = []  # the crash loop's random seeds this session (replay one with CRASH_SEED=<n>)
 
 
 def add(**counts: int) -> None:
@@ -33,4 +34,6 @@ def lines() -> list[str]:
         f"acknowledged events checked: {acked_checked}",
         f"LOST acknowledged events: {lost_events} (must be 0)",
         f"5xx answers to client faults: {client_fault_5xx} (must be 0)",
+        *(f"crash loop seed: {seed} (replay: CRASH_SEED={seed} pytest tests/reliability/test_crash_loop.py)"
+          for seed in crash_seeds),
     ]

@@ -5,7 +5,13 @@ The thorough version of tests/test_crash.py and tests/test_forward_crash.py. Eac
 a batch until it gets a 200, so unanswered batches come back as duplicates after a restart) while the
 fake upstream flaps and fails, resets or hangs at random, then kills the hub with SIGKILL at a random
 moment (sometimes during start-up). At the end, with the link steady: every acknowledged event is in
-the store and upstream has every one of them; nothing upstream was invented; the database is intact.
+the store and upstream has every one of them; nothing upstream was invented; the database is intact;
+the store holds one row per mid and upstream got each mid in one batch msgid only (resent batches
+and batches in flight at a kill come again with their msgid, which upstream discards).
+
+The schedule (faults, kill moments, batch sizes) follows one random seed, printed at the start, in the
+reliability summary and in every failure message; CRASH_SEED=<n> replays it (timing is real, so a
+replay repeats the schedule, not every race).
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ import os
 import random
 import time
 
+import pytest
 import aiohttp
-from hubproc import HubProcess
-from upstream import FakeUpstream
+from support.hubproc import HubProcess
+from support.upstream import FakeUpstream
 
 from reliability import tally
-from reliability.helpers import Ledger, db_check, device, write_config
+from reliability.helpers import Ledger, db_check, device, duplicate_rows, upstream_duplicates
+from support.hubs import write_config
+
+pytestmark = pytest.mark.slow  # kill -9 loop under load
 
 ROUNDS = int(os.environ.get("CRASH_ROUNDS", "6"))
 DEVICES = 6
@@ -50,11 +60,14 @@ def _faults(fake: FakeUpstream, rng: random.Random) -> str:
     return f"{faults} flap up {up:.2f}s/down {down:.2f}s"
 
 
-async def test_crash_loop_loses_nothing(tmp_path):
+async def test_crash_loop_loses_nothing(tmp_path, upstream):
     seed = int(os.environ.get("CRASH_SEED", str(random.randrange(2**32))))
+    # Shown with a failure (captured output), in the reliability summary and in every assertion message.
+    print(f"crash loop seed {seed}: replay with CRASH_SEED={seed}")
+    tally.crash_seeds.append(seed)
     rng = random.Random(seed)
-    fake = FakeUpstream(seed=seed)
-    await fake.start()
+    fake = upstream
+    fake.random.seed(seed)  # the fake's random faults follow the crash seed too
     cfg = write_config(
         tmp_path / "hub.toml",
         upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.5, "probe_interval": 0.2,
@@ -119,11 +132,16 @@ async def test_crash_loop_loses_nothing(tmp_path):
     about = (f"seed {seed} (rerun with CRASH_SEED={seed}); {len(ledger.acked)} acked, statuses "
              f"{dict(ledger.statuses)}, {ledger.errors} connection errors\n" + "\n".join(history))
     assert integrity == "ok", about
+    dupes = duplicate_rows(tmp_path / "data" / "hub.db")
+    assert not dupes, f"the store holds these mids more than once: {dupes}; {about}"
+    redelivered = upstream_duplicates(fake)
+    assert not redelivered, f"{redelivered}; {about}"
     assert not lost_store, f"{len(lost_store)} acknowledged events not in the store; {about}"
     assert not lost_upstream, f"{len(lost_upstream)} acknowledged events never reached upstream; {about}"
     assert not invented, f"upstream got {len(invented)} mids no device sent; {about}"
     assert undelivered == 0, about
     assert not ledger.unexpected, f"unexpected answers {ledger.unexpected[:5]}; {about}"
     assert len(ledger.acked) > 1000, f"too little load to mean anything; {about}"
+    assert ledger.resent > 10, f"too few batches sent twice to exercise dedup; {about}"
     print(f"crash loop: {ROUNDS} rounds, {len(ledger.acked)} acked, {len(fake.received_mids) - len(fake.mids)} "
           f"duplicate deliveries upstream, 0 lost; {about}")

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from hubproc import HubProcess
-from upstream import FakeUpstream
+from support.hubproc import HubProcess
 
 from reliability import tally
-from reliability.helpers import Ledger, db_check, device, require, version_2_store, write_config
+from reliability.helpers import Ledger, db_check, device, duplicate_rows, require, upstream_duplicates, version_2_store
+from support.hubs import write_config
+
+pytestmark = pytest.mark.slow  # real small file systems filled up; each test takes seconds
 
 DISK = "8m"
 
@@ -107,6 +109,7 @@ def check_store(hub: HubProcess, ledger: Ledger) -> None:
     tally.add(acked_checked=len(ledger.acked), lost_events=len(missing), fault_scenarios=1)
     assert integrity == "ok"
     assert not missing, f"{len(missing)} acknowledged events lost"
+    assert not duplicate_rows(hub.data_dir / "hub.db"), "the store holds a mid in more than one row"
     assert not ledger.half_stored(stored), "a refused request left part of its events stored"
     assert not ledger.unexpected, f"answers other than 200 and 503 + Retry-After: {ledger.unexpected[:5]}"
 
@@ -166,9 +169,8 @@ async def test_free_space_floor_refuses_then_resumes(tmp_path):
         print(f"floor: {dict(ledger.statuses)}; resumed {took:.1f}s after room came back")
 
 
-async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tmp_path):
-    fake = FakeUpstream()
-    await fake.start()
+async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tmp_path, upstream):
+    fake = upstream
     await fake.down()  # the link is down: the backlog grows to the cap
     cfg = write_config(tmp_path / "hub.toml", store={"max_bytes": "3 MiB", "min_free_bytes": "1 MiB"},
                        upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3, "probe_interval": 0.2})
@@ -191,15 +193,18 @@ async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tm
     lost = ledger.acked - fake.mids
     tally.add(acked_checked=len(ledger.acked), lost_events=len(lost), fault_scenarios=1)
     assert integrity == "ok" and not lost
+    assert not duplicate_rows(hub.data_dir / "hub.db"), "the store holds a mid in more than one row"
+    redelivered = upstream_duplicates(fake)
+    assert not redelivered, redelivered
     assert not ledger.half_stored(stored | fake.mids)
     assert not ledger.unexpected, ledger.unexpected[:5]
     print(f"cap: {dict(ledger.statuses)}; resumed {took:.1f}s after upstream came back")
 
 
-async def test_sqlite_full_is_503_and_recovers(tmp_path):
+@pytest.mark.upstream_options(fail_rate=1.0)
+async def test_sqlite_full_is_503_and_recovers(tmp_path, upstream):
     """No floor: the disk fills to the last byte, so a commit itself fails; nothing half-stored, no 500."""
-    fake = FakeUpstream(fail_rate=1.0)  # the forwarder keeps writing (batches, attempts) into the full store
-    await fake.start()
+    fake = upstream  # the forwarder keeps writing (batches, attempts) into the full store
     try:
         async with small_disk(tmp_path / "disk") as disk:
             cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": 0},

@@ -50,11 +50,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from hubproc import HubProcess
-from upstream import FakeUpstream
+import pytest
+from support.hubproc import HubProcess
+from support.upstream import FakeUpstream
 
 from reliability import tally
-from reliability.helpers import Ledger, device, require, write_config
+from reliability.helpers import Ledger, device, duplicate_rows, require
+from support.hubs import write_config
+
+pytestmark = pytest.mark.slow  # power cuts (write journal, block devices)
 
 SHIM_SOURCE = Path(__file__).with_name("fsjournal") / "fsjournal.c"
 SECTOR = 512
@@ -147,7 +151,10 @@ def crash_state(records: list[Rec], cut: int, rng: random.Random, keep: float) -
 
 
 def open_state(images: list[bytearray], where: Path) -> tuple[str, set[str]]:
-    """Write the files out and open them as the restarted hub would: (integrity_check, stored mids)."""
+    """Write the files out and open them as the restarted hub would: (integrity_check, stored mids).
+
+    The integrity result also names any mid stored in more than one row (so it is then not "ok").
+    """
     if where.exists():
         shutil.rmtree(where)
     where.mkdir(parents=True)
@@ -159,6 +166,7 @@ def open_state(images: list[bytearray], where: Path) -> tuple[str, set[str]]:
         integrity = ";".join(r[0] for r in con.execute("PRAGMA integrity_check"))
         try:
             mids = {m for (m,) in con.execute("SELECT mid FROM events")}
+            integrity += _duplicates(con)
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
@@ -166,6 +174,12 @@ def open_state(images: list[bytearray], where: Path) -> tuple[str, set[str]]:
     finally:
         con.close()
     return integrity, mids
+
+
+def _duplicates(con: sqlite3.Connection) -> str:
+    """Appended to the integrity result: a crash state must also hold each mid in one row only."""
+    dupes = duplicate_rows(con)
+    return f"; mids stored more than once: {dupes}" if dupes else ""
 
 
 async def run_journaled_hub(tmp_path: Path, seconds: float, extra_env: dict[str, str] | None = None
@@ -325,15 +339,15 @@ def _loop_devices_work() -> bool:
     return os.path.exists("/dev/loop-control") or os.path.exists("/dev/loop0")
 
 
-async def test_power_cut_block_device(tmp_path):
+@pytest.mark.upstream_options(seed=3, fail_rate=0.2)
+async def test_power_cut_block_device(tmp_path, upstream):
     require(_loop_devices_work(), "needs root, loop devices, mkfs.ext4 and fsfreeze to cut power at the block level")
     disks = Disks()
     outer, inner = tmp_path / "outer", tmp_path / "inner"
     snaps: list[tuple[Path, set[str]]] = []
     ledger = Ledger()
     stop = asyncio.Event()
-    fake = FakeUpstream(seed=3, fail_rate=0.2)
-    await fake.start()
+    fake = upstream
     hub: HubProcess | None = None
     rng = random.Random()
     try:
@@ -394,6 +408,7 @@ def open_state_in_place(db: Path) -> tuple[str, set[str]]:
     try:
         integrity = ";".join(r[0] for r in con.execute("PRAGMA integrity_check"))
         mids = {m for (m,) in con.execute("SELECT mid FROM events")}
+        integrity += _duplicates(con)
     finally:
         con.close()
     return integrity, mids

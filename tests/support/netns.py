@@ -22,7 +22,7 @@ from typing import Any
 
 __all__ = ["Lab", "Proc", "NetnsUnavailable", "ROOT"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 _counter = itertools.count()
 
 

@@ -23,7 +23,7 @@ class HubProcess:
     """A hub subprocess on 127.0.0.1 with its own data dir; restartable on the same port."""
 
     def __init__(self, data_dir: Path, *, config: Path | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, discovery: bool = False) -> None:
+                 env: dict[str, str | None] | None = None, discovery: bool = False) -> None:
         self.data_dir = data_dir
         self.config = config
         # mDNS stays off unless a test asks for it: tests must not announce themselves on a real LAN.
@@ -37,15 +37,27 @@ class HubProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> None:
-        """Start and wait until /health answers."""
+    def command(self) -> list[str]:
+        """The `python -m hub run` command line this hub runs."""
         args = [sys.executable, "-m", "hub"]
         if self.config:
             args += ["--config", str(self.config)]
-        args += ["run", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
+        return args + ["run", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                       *self.extra]
+
+    def environment(self) -> dict[str, str]:
+        """os.environ plus the test's variables; a variable given as None is removed."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        return {k: v for k, v in env.items() if v is not None}
+
+    def run_to_exit(self, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run in the foreground until it exits (for hubs that must refuse to start); output as text."""
+        return subprocess.run(self.command(), capture_output=True, text=True, timeout=timeout, env=self.environment())
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start and wait until /health answers."""
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment())
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

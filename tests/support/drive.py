@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from events import mobile_request
+from support.events import mobile_request
 
 # Upstream timings that make retries, probes and backoff happen within a test's seconds.
 FAST = {"backoff_initial": 0.05, "backoff_max": 0.4, "probe_interval": 0.2, "timeout": 1.0, "connect_timeout": 0.5}

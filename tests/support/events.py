@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SAMPLE_ZIP = SHARED / "sunbird-samples" / "desktop-telemetry-archive-telemetryimport1.zip"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"  # committed copies, see fixtures/README.md
+SAMPLE_ZIP = FIXTURES / "desktop-telemetry-archive-telemetryimport1.zip"
 
 
 def _compact(doc: Any) -> bytes:
@@ -22,7 +22,7 @@ def _compact(doc: Any) -> bytes:
 
 
 def sample_events() -> list[dict[str, Any]]:
-    """The 93 real desktop events of the shared sample archive."""
+    """The 93 real desktop events of the sample archive in tests/fixtures/."""
     out: list[dict[str, Any]] = []
     with zipfile.ZipFile(SAMPLE_ZIP) as z:
         for name in sorted(z.namelist()):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from events import SAMPLE_ZIP, make_events
+from support.events import SAMPLE_ZIP, make_events
 
 SAMPLE_ARCHIVE = SAMPLE_ZIP
 SAMPLE_COUNTS = (22, 71)

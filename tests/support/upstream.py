@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["BatchRecord", "FakeUpstream", "IgnoredRequest", "TELEMETRY_PATHS", "main"]
+__all__ = ["Attempt", "BatchRecord", "FakeUpstream", "IgnoredRequest", "TELEMETRY_PATHS", "main"]
 
 log = logging.getLogger("upstream")
 
@@ -39,6 +39,7 @@ EXPRESS_JSON_LIMIT = 5 * 1024 * 1024  # body-parser json limit '5mb', applied af
 SHUTDOWN_TIMEOUT_S = 0.25  # stop() must not wait on a hung handler for long
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 _HTML = {"Content-Type": "text/html; charset=utf-8"}
+_DIGEST: web.RequestKey[_Digest] = web.RequestKey("digest", object)  # type: ignore[arg-type]
 _TEXT_STATUS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 
 
@@ -58,6 +59,16 @@ class BatchRecord:
     wire_bytes: int
     mids: list[str]
     received_at: float
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One request to a telemetry path, whatever became of it (for retry timing and msgid checks)."""
+
+    at: float  # time.monotonic() when it arrived
+    status: int | None  # None: the connection was reset on purpose, or the client gave up
+    msgid: Any  # params.msgid, once the body was parsed (None before that, e.g. a 401 or 429)
+    mids: list[str] | None  # the batch's mids, once parsed
 
 
 @dataclass(slots=True)
@@ -197,6 +208,7 @@ class FakeUpstream:
         self.mids: set[str] = set()
         self.batches: list[BatchRecord] = []
         self.ignored_requests: list[IgnoredRequest] = []
+        self.attempts: list[Attempt] = []  # every telemetry request, in arrival order
         self.requests = 0
         self.by_status: Counter[int] = Counter()
         self.resets = 0
@@ -228,6 +240,34 @@ class FakeUpstream:
             "ignored": len(self.ignored_requests),
             "down": self.is_down,
         }
+
+    def deliveries(self) -> Counter[str]:
+        """How many stored (accepted) requests carried each mid."""
+        return Counter(self.received_mids)
+
+    def redelivered(self) -> dict[str, int]:
+        """Mids stored more than once, with their count (the real upstream stores a mid each time it comes
+        in a new batch msgid; the same msgid again it discards, see ``foreign_redeliveries``)."""
+        return {m: n for m, n in self.deliveries().items() if n > 1}
+
+    def foreign_redeliveries(self) -> dict[str, set[Any]]:
+        """Mids stored under more than one batch msgid: duplicates that upstream's msgid dedup cannot drop."""
+        msgids: dict[str, set[Any]] = {}
+        for i, b in enumerate(self.batches):
+            key = b.msgid if b.msgid is not None else ("no msgid", i)
+            for m in b.mids:
+                msgids.setdefault(m, set()).add(key)
+        return {m: ids for m, ids in msgids.items() if len(ids) > 1}
+
+    def changed_retries(self) -> dict[Any, list[list[str]]]:
+        """msgids that came back carrying other events than the first time (upstream would drop the new ones)."""
+        seen: dict[Any, list[list[str]]] = {}
+        for a in self.attempts:
+            if a.msgid is not None and a.mids is not None:
+                variants = seen.setdefault(a.msgid, [])
+                if a.mids not in variants:
+                    variants.append(a.mids)
+        return {k: v for k, v in seen.items() if len(v) > 1}
 
     async def wait_unique(self, count: int, timeout: float = 5.0) -> None:
         """Wait until ``count`` distinct mids were stored, so tests need not poll."""
@@ -348,6 +388,8 @@ class FakeUpstream:
     async def _listen(self) -> None:
         assert self._runner is not None
         for attempt in range(50):
+            if self._site is not None:
+                return  # another up() (e.g. a cancelled flap's) got there first while we waited
             site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
             try:
                 await site.start()
@@ -384,7 +426,9 @@ class FakeUpstream:
             resp, events = await self._telemetry(request) if path in TELEMETRY_PATHS else (self._other(request), 0)
         except (_ClientGone, asyncio.CancelledError):
             self.abandoned += 1  # the client gave up (timeout) before its answer
+            self._attempt(request, started, None)
             raise asyncio.CancelledError from None  # aiohttp's own path for a client disconnect
+        self._attempt(request, started, None if resp is None else resp.status)
         if resp is None:  # connection reset on purpose
             self.resets += 1
             if self.log_requests:
@@ -395,6 +439,12 @@ class FakeUpstream:
             ms = (time.monotonic() - started) * 1000
             log.info("%s %s %d events=%d %.1fms", request.method, path, resp.status, events, ms)
         return resp
+
+    def _attempt(self, request: web.BaseRequest, started: float, status: int | None) -> None:
+        if request.path in TELEMETRY_PATHS:
+            digest = request.get(_DIGEST)
+            self.attempts.append(Attempt(started, status, digest.msgid if digest else None,
+                                         list(digest.mids) if digest else None))
 
     def _other(self, request: web.BaseRequest) -> web.Response:
         if request.path == "/health" and request.method in ("GET", "HEAD"):
@@ -442,6 +492,7 @@ class FakeUpstream:
         digest = _digest(raw)
         if digest is None:
             return _express_error(400, "Bad Request"), 0
+        request[_DIGEST] = digest  # for the attempt record
         if self.reject_mids:
             bad = [m for m in digest.mids if m in self.reject_mids]
             if bad:
