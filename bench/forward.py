@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from support.events import make_events  # noqa: E402
-from support.hubproc import HubProcess  # noqa: E402
-from support.upstream import FakeUpstream  # noqa: E402
+from support.events import make_events
+from support.hubproc import HubProcess
+from support.upstream import FakeUpstream
 
-from hub.config import StoreConfig  # noqa: E402
-from hub.store import Store  # noqa: E402
-from hub.store.writes import insert_events  # noqa: E402
+from hub.config import StoreConfig
+from hub.store import Store
+from hub.store.writes import insert_events
 
 
 def health(url: str) -> dict:
@@ -59,8 +59,9 @@ async def fill_backlog(db: Path, n: int) -> None:
             e["mid"] = f"bench:{uuid.uuid4().hex}"
             raws.append(json.dumps(e, separators=(",", ":")).encode())
             ctx = e["context"]
-            rows.append((e["mid"], ctx.get("did"), e["eid"], e["ets"], ctx.get("channel"), ctx["pdata"].get("id"),
-                         now, "bench"))
+            rows.append(
+                (e["mid"], ctx.get("did"), e["eid"], e["ets"], ctx.get("channel"), ctx["pdata"].get("id"), now, "bench")
+            )
         insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
         con.commit()
     con.close()
@@ -97,13 +98,13 @@ async def drain(fake: FakeUpstream, n: int, tmp: Path) -> tuple[float, float, fl
                 raise SystemExit("backlog did not drain in 10 minutes")
         elapsed = time.perf_counter() - t0
         rss = 0.0
-        for line in Path(f"/proc/{hub.proc.pid}/status").read_text().splitlines():  # type: ignore[union-attr]
+        for line in Path(f"/proc/{hub.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 rss = int(line.split()[1]) / 1024
-        fields = Path(f"/proc/{hub.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[union-attr]
+        fields = Path(f"/proc/{hub.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, whole life
         # What the hub had the kernel write to disk (WAL, checkpoints): wear on a Pi's SD card.
-        io = dict(line.split(": ") for line in Path(f"/proc/{hub.proc.pid}/io").read_text().splitlines())  # type: ignore[union-attr]
+        io = dict(line.split(": ") for line in Path(f"/proc/{hub.proc.pid}/io").read_text().splitlines())
         written = int(io["write_bytes"])
     finally:
         await asyncio.to_thread(hub.terminate)
@@ -119,12 +120,19 @@ async def latency(fake: FakeUpstream, rate: int, seconds: int, tmp: Path) -> lis
     interval = per_request / rate
     try:
         async with aiohttp.ClientSession() as http:
+
             async def one(events: list[dict]) -> None:
-                env = {"id": "api.sunbird.telemetry", "ver": "3.0", "params": {"msgid": uuid.uuid4().hex},
-                       "events": events}
-                async with http.post(hub.url + "/api/data/v1/telemetry",
-                                     data=json.dumps(env, separators=(",", ":")).encode(),
-                                     headers={"Content-Type": "application/json"}) as r:
+                env = {
+                    "id": "api.sunbird.telemetry",
+                    "ver": "3.0",
+                    "params": {"msgid": uuid.uuid4().hex},
+                    "events": events,
+                }
+                async with http.post(
+                    hub.url + "/api/data/v1/telemetry",
+                    data=json.dumps(env, separators=(",", ":")).encode(),
+                    headers={"Content-Type": "application/json"},
+                ) as r:
                     await r.read()
                     if r.status == 200:
                         now = time.time()
@@ -167,18 +175,23 @@ async def main() -> None:
             print(f"upstream capacity (bare client, 1 batch of 200 in flight): {base:,.0f} events/s", flush=True)
             elapsed, rss, cpu_s, written = await drain(fake, args.backlog, tmp)
             rate = args.backlog / elapsed
-            print(f"hub drains a backlog of {args.backlog:,} events: {rate:,.0f} events/s "
-                  f"({rate / base:.2f} of the upstream's capacity), peak RSS {rss:.0f} MB, "
-                  f"hub CPU {cpu_s / args.backlog * 1e6:.0f} us per event (start-up included), "
-                  f"{written / args.backlog / 1024:.1f} KiB written to disk per event", flush=True)
+            print(
+                f"hub drains a backlog of {args.backlog:,} events: {rate:,.0f} events/s "
+                f"({rate / base:.2f} of the upstream's capacity), peak RSS {rss:.0f} MB, "
+                f"hub CPU {cpu_s / args.backlog * 1e6:.0f} us per event (start-up included), "
+                f"{written / args.backlog / 1024:.1f} KiB written to disk per event",
+                flush=True,
+            )
             fake.clear()
             lat = await latency(fake, args.rate, args.seconds, tmp)
             if lat:
                 p50 = statistics.median(lat)
                 p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-                print(f"device ack -> upstream receipt at {args.rate} events/s for {args.seconds} s: "
-                      f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms "
-                      f"({len(lat):,} events)")
+                print(
+                    f"device ack -> upstream receipt at {args.rate} events/s for {args.seconds} s: "
+                    f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms "
+                    f"({len(lat):,} events)"
+                )
     finally:
         await fake.stop()
 

@@ -27,10 +27,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.events import make_events  # noqa: E402
-from support.hubproc import free_port  # noqa: E402
+from support.events import make_events
+from support.hubproc import free_port
 
-BASELINE = r'''
+BASELINE = r"""
 import gzip, json, sys
 from aiohttp import web
 async def handle(request):
@@ -44,7 +44,7 @@ app = web.Application(client_max_size=50 * 2**20)
 app.router.add_post("/api/data/v1/telemetry", handle)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None,
             handler_args={"auto_decompress": False})
-'''
+"""
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -61,10 +61,19 @@ def build_bodies(n_requests: int, batch: int, gz: bool) -> list[tuple[bytes, dic
     for i in range(n_requests):
         events = make_events(batch, did=f"bench-{i % 500}")
         if gz:
-            env = {"id": "ekstep.telemetry", "ver": "1.0", "ts": "2026-01-01T00:00:00Z", "events": events,
-                   "params": {"did": "d", "msgid": str(uuid.uuid4()), "key": "", "requesterId": ""}}
+            env = {
+                "id": "ekstep.telemetry",
+                "ver": "1.0",
+                "ts": "2026-01-01T00:00:00Z",
+                "events": events,
+                "params": {"did": "d", "msgid": str(uuid.uuid4()), "key": "", "requesterId": ""},
+            }
             body = gzip.compress(json.dumps(env, separators=(",", ":")).encode(), 1)
-            headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "X-Device-Id": f"bench-{i % 500}"}
+            headers = {
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+                "X-Device-Id": f"bench-{i % 500}",
+            }
         else:
             env = {"id": "api.sunbird.telemetry", "ver": "3.0", "params": {"msgid": uuid.uuid4().hex}, "events": events}
             body = json.dumps(env, separators=(",", ":")).encode()
@@ -81,6 +90,7 @@ async def drive(url: str, bodies: list[tuple[bytes, dict[str, str]]], clients: i
     conn = aiohttp.TCPConnector(limit=clients)
 
     async with aiohttp.ClientSession(connector=conn, auto_decompress=False) as http:
+
         async def client() -> None:
             nonlocal errors
             for body, headers in it:
@@ -126,9 +136,13 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--batch-requests", type=int, default=1500, help="requests of 200 gzip events (mobile app)")
     ap.add_argument("--single-requests", type=int, default=20000, help="requests of 1 plain-JSON event")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="alternate baseline and hub this many times; the median ratio is reported "
-                         "(a shared 2-core machine drifts between runs)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="alternate baseline and hub this many times; the median ratio is reported "
+        "(a shared 2-core machine drifts between runs)",
+    )
     args = ap.parse_args()
 
     phases = [
@@ -146,13 +160,19 @@ def main() -> None:
             for server in ("baseline", "hub"):
                 r = run_one(server, bodies, args.clients, batch)
                 results[name][f"{server}-{round_}"] = r
-                print(f"  {name:14} {server:8} {r['events_per_s']:>9.0f} events/s {r['requests_per_s']:>7.0f} req/s "
-                      f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  peak RSS {r['peak_rss_mb']:5.1f} MB"
-                      f"  errors {r['errors']:.0f}", flush=True)
-            ratios.append(results[name][f"hub-{round_}"]["events_per_s"] /
-                          results[name][f"baseline-{round_}"]["events_per_s"])
-        print(f"  {name:14} ratio hub/baseline per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
-              f"median {statistics.median(ratios):.2f}")
+                print(
+                    f"  {name:14} {server:8} {r['events_per_s']:>9.0f} events/s {r['requests_per_s']:>7.0f} req/s "
+                    f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  peak RSS {r['peak_rss_mb']:5.1f} MB"
+                    f"  errors {r['errors']:.0f}",
+                    flush=True,
+                )
+            ratios.append(
+                results[name][f"hub-{round_}"]["events_per_s"] / results[name][f"baseline-{round_}"]["events_per_s"]
+            )
+        print(
+            f"  {name:14} ratio hub/baseline per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+            f"median {statistics.median(ratios):.2f}"
+        )
     print(json.dumps(results, indent=1))
 
 
@@ -163,8 +183,19 @@ def run_one(server: str, bodies: list[tuple[bytes, dict[str, str]]], clients: in
         if server == "baseline":
             cmd = [sys.executable, "-c", BASELINE, str(port)]
         else:
-            cmd = [sys.executable, "-m", "hub", "run", "--host", "127.0.0.1", "--port", str(port),
-                   "--data-dir", tmp, "--no-discovery"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "hub",
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                tmp,
+                "--no-discovery",
+            ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_up(f"http://127.0.0.1:{port}/health", proc)

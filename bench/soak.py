@@ -91,8 +91,9 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-async def device(http: aiohttp.ClientSession, url: str, did: str, rate: float, load: Load, stop: asyncio.Event,
-                 rng: random.Random) -> None:
+async def device(
+    http: aiohttp.ClientSession, url: str, did: str, rate: float, load: Load, stop: asyncio.Event, rng: random.Random
+) -> None:
     """One device sending `rate` events/s on average; a batch is kept until the hub answers 200."""
     next_at = time.monotonic() + rng.random()
     pending = None
@@ -100,8 +101,13 @@ async def device(http: aiohttp.ClientSession, url: str, did: str, rate: float, l
         if pending is None:
             events = make_events(rng.choice((1, 5, 10, 20, 50)), did=did)
             kind = rng.choice(("mobile", "mobile", "js", "desktop"))
-            body, headers = (mobile_request(events, did=did) if kind == "mobile" else
-                             js_request(events) if kind == "js" else desktop_request(events))
+            body, headers = (
+                mobile_request(events, did=did)
+                if kind == "mobile"
+                else js_request(events)
+                if kind == "js"
+                else desktop_request(events)
+            )
             pending = ([e["mid"] for e in events], body, headers)
             next_at += len(events) / rate
         delay = next_at - time.monotonic()
@@ -140,8 +146,13 @@ def slope(samples: list[Sample], attr: str) -> float:
 
 
 # figure, unit, absolute slope per minute below which it counts as flat
-CHECKS = [("rss_mib", "MiB", 1.0), ("fds", "fds", 0.5), ("backlog", "events", None), ("wal_mib", "MiB", 0.5),
-          ("db_mib", "MiB", 1.0)]
+CHECKS = [
+    ("rss_mib", "MiB", 1.0),
+    ("fds", "fds", 0.5),
+    ("backlog", "events", None),
+    ("wal_mib", "MiB", 0.5),
+    ("db_mib", "MiB", 1.0),
+]
 
 
 def verdict(samples: list[Sample], rate: float) -> list[str]:
@@ -151,10 +162,12 @@ def verdict(samples: list[Sample], rate: float) -> list[str]:
     for attr, unit, flat in CHECKS:
         if flat is None:  # the backlog may hold a few minutes' worth while the link flaps
             flat = rate * 60 * 0.05
-        w, l = slope(warm, attr), slope(last, attr)
-        growing = l > flat and l > 0.25 * max(w, 0.0)
-        out.append(f"  {attr:8} warm-up {w:+9.2f} {unit}/min, last third {l:+9.2f} {unit}/min -> "
-                   f"{'STILL GROWING' if growing else 'flat'}")
+        w, late = slope(warm, attr), slope(last, attr)
+        growing = late > flat and late > 0.25 * max(w, 0.0)
+        out.append(
+            f"  {attr:8} warm-up {w:+9.2f} {unit}/min, last third {late:+9.2f} {unit}/min -> "
+            f"{'STILL GROWING' if growing else 'flat'}"
+        )
     return out
 
 
@@ -162,33 +175,58 @@ async def soak(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     up_port, control_port = free_port(), free_port()
     upstream = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "support" / "upstream.py"), "--port", str(up_port), "--control-port",
-         str(control_port), "--quiet", "--no-record-events", "--fail-rate", "0.05", "--seed", "7"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            str(ROOT / "tests" / "support" / "upstream.py"),
+            "--port",
+            str(up_port),
+            "--control-port",
+            str(control_port),
+            "--quiet",
+            "--no-record-events",
+            "--fail-rate",
+            "0.05",
+            "--seed",
+            "7",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert upstream.stdout is not None
     upstream.stdout.readline()  # "listening ..."
     control = f"http://127.0.0.1:{control_port}"
     get_json(control + "/_control", data=json.dumps({"flap": [args.flap_up, args.flap_down]}).encode())
     cfg = tmp / "hub.toml"
-    cfg.write_text(f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\nbackoff_initial = 0.5\nbackoff_max = 10.0\n'
-                   f'probe_interval = 2.0\n[store]\nmin_free_bytes = "100 MiB"\n'
-                   f'retention_days = {args.retention_minutes / 1440!r}\n[discovery]\nenabled = false\n')
+    cfg.write_text(
+        f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\nbackoff_initial = 0.5\nbackoff_max = 10.0\n'
+        f'probe_interval = 2.0\n[store]\nmin_free_bytes = "100 MiB"\n'
+        f"retention_days = {args.retention_minutes / 1440!r}\n[discovery]\nenabled = false\n"
+    )
     hub = HubProcess(tmp / "data", config=cfg)
     hub.start()
-    pid = hub.proc.pid  # type: ignore[union-attr]
+    pid = hub.proc.pid
     db = hub.data_dir / "hub.db"
-    print(f"soak: {args.minutes} min, {args.devices} devices, {args.rate} events/s, upstream flapping "
-          f"{args.flap_up:g}s up / {args.flap_down:g}s down with 5% failures; hub pid {pid}, data in {tmp}", flush=True)
-    print(f"{'min':>5} {'RSS MiB':>8} {'HWM MiB':>8} {'fds':>5} {'backlog↑':>8} {'db MiB':>7} {'wal MiB':>7} "
-          f"{'acked':>8} {'ack p50':>8} {'ack p99':>8}  answers", flush=True)
+    print(
+        f"soak: {args.minutes} min, {args.devices} devices, {args.rate} events/s, upstream flapping "
+        f"{args.flap_up:g}s up / {args.flap_down:g}s down with 5% failures; hub pid {pid}, data in {tmp}",
+        flush=True,
+    )
+    print(
+        f"{'min':>5} {'RSS MiB':>8} {'HWM MiB':>8} {'fds':>5} {'backlog↑':>8} {'db MiB':>7} {'wal MiB':>7} "
+        f"{'acked':>8} {'ack p50':>8} {'ack p99':>8}  answers",
+        flush=True,
+    )
     load, stop = Load(), asyncio.Event()
     samples: list[Sample] = []
     start = time.monotonic()
     per_device = args.rate / args.devices
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
-        tasks = [asyncio.create_task(device(http, hub.url, f"soak-{i:02d}", per_device, load, stop, random.Random(i)))
-                 for i in range(args.devices)]
+        tasks = [
+            asyncio.create_task(device(http, hub.url, f"soak-{i:02d}", per_device, load, stop, random.Random(i)))
+            for i in range(args.devices)
+        ]
         next_report = start + args.interval
         reported = 0
         while time.monotonic() - start < args.minutes * 60:
@@ -197,17 +235,27 @@ async def soak(args: argparse.Namespace) -> int:
                 backlog = (await asyncio.to_thread(get_json, hub.url + "/health"))["backlog"]
             except OSError:
                 backlog = -1
-            s = Sample((time.monotonic() - start) / 60, proc_kib(pid, "VmRSS") / 1024, len(os.listdir(f"/proc/{pid}/fd")),
-                       backlog, size_mib(db), size_mib(Path(f"{db}-wal")), len(load.acked))
+            s = Sample(
+                (time.monotonic() - start) / 60,
+                proc_kib(pid, "VmRSS") / 1024,
+                len(os.listdir(f"/proc/{pid}/fd")),
+                backlog,
+                size_mib(db),
+                size_mib(Path(f"{db}-wal")),
+                len(load.acked),
+            )
             samples.append(s)
             if time.monotonic() >= next_report:
                 next_report += args.interval
                 lat, load.latencies = load.latencies, []
                 peak_backlog = max(x.backlog for x in samples[reported:])
                 reported = len(samples)
-                print(f"{s.t:5.1f} {s.rss_mib:8.1f} {proc_kib(pid, 'VmHWM') / 1024:8.1f} {s.fds:5d} {peak_backlog:8d} "
-                      f"{s.db_mib:7.1f} {s.wal_mib:7.1f} {s.acked:8d} {pct(lat, 50) * 1000:6.0f}ms "
-                      f"{pct(lat, 99) * 1000:6.0f}ms  {dict(sorted(load.statuses.items(), key=str))}", flush=True)
+                print(
+                    f"{s.t:5.1f} {s.rss_mib:8.1f} {proc_kib(pid, 'VmHWM') / 1024:8.1f} {s.fds:5d} {peak_backlog:8d} "
+                    f"{s.db_mib:7.1f} {s.wal_mib:7.1f} {s.acked:8d} {pct(lat, 50) * 1000:6.0f}ms "
+                    f"{pct(lat, 99) * 1000:6.0f}ms  {dict(sorted(load.statuses.items(), key=str))}",
+                    flush=True,
+                )
         stop.set()
         await asyncio.gather(*tasks)
     print("\ngrowth (least-squares slopes, first third vs last third of the run):")
@@ -233,8 +281,10 @@ async def soak(args: argparse.Namespace) -> int:
     con.close()
     upstream.terminate()
     upstream.wait(10)
-    print(f"\nend: {len(load.acked)} events acknowledged, {stored} stored, backlog {backlog} after healing the link, "
-          f"{lost} acknowledged events missing upstream, integrity {integrity}, hub exit {code}")
+    print(
+        f"\nend: {len(load.acked)} events acknowledged, {stored} stored, backlog {backlog} after healing the link, "
+        f"{lost} acknowledged events missing upstream, integrity {integrity}, hub exit {code}"
+    )
     ok = lost == 0 and integrity == "ok" and backlog == 0 and code == 0
     if ok:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,8 +301,12 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=60.0, help="seconds between report lines")
     ap.add_argument("--flap-up", type=float, default=20.0)
     ap.add_argument("--flap-down", type=float, default=8.0)
-    ap.add_argument("--retention-minutes", type=float, default=5.0,
-                    help="store.retention_days for the run, in minutes, so the database reaches its steady size")
+    ap.add_argument(
+        "--retention-minutes",
+        type=float,
+        default=5.0,
+        help="store.retention_days for the run, in minutes, so the database reaches its steady size",
+    )
     args = ap.parse_args()
     socket.setdefaulttimeout(60)
     sys.exit(asyncio.run(soak(args)))

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from support.events import make_events  # noqa: E402
+from support.events import make_events
 
-from hub.config import StoreConfig  # noqa: E402
-from hub.store import Store  # noqa: E402
-from hub.telemetry import Checked, check_events, split_envelope  # noqa: E402
+from hub.config import StoreConfig
+from hub.store import Store
+from hub.telemetry import Checked, check_events, split_envelope
 
 
 def requests(n_events: int) -> list[Checked]:
@@ -62,7 +62,7 @@ def bare_sqlite_rate(path: Path, batches: list[Checked], group: int) -> tuple[fl
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(0, len(batches), group):
         con.execute("BEGIN IMMEDIATE")
-        for b in batches[i:i + group]:
+        for b in batches[i : i + group]:
             con.executemany("INSERT INTO t (raw) VALUES (?)", [(e.raw,) for e in b.events])
         con.execute("COMMIT")
     con.close()
@@ -118,13 +118,18 @@ async def main() -> None:
     batches = requests(args.events)
     with tempfile.TemporaryDirectory() as tmp:
         rate, cpu = await store_rate(Path(tmp) / "a.db", batches, args.group)
-        print(f"store, {args.group} requests of 200 in flight: {rate:,.0f} events/s, {cpu:.1f} us CPU per event",
-              flush=True)
+        print(
+            f"store, {args.group} requests of 200 in flight: {rate:,.0f} events/s, {cpu:.1f} us CPU per event",
+            flush=True,
+        )
         drained, dcpu = await drain_rate(Path(tmp) / "a.db", args.events)
         print(f"take + record batches of 200: {drained:,.0f} events/s, {dcpu:.1f} us CPU per event", flush=True)
         rate2, cpu2 = bare_sqlite_rate(Path(tmp) / "b.db", batches, args.group)
-        print(f"peer, bare sqlite3 (one blob column, no dedup, no bookkeeping): {rate2:,.0f} events/s, "
-              f"{cpu2:.1f} us CPU per event; the store does {rate / rate2:.2f}x of it", flush=True)
+        print(
+            f"peer, bare sqlite3 (one blob column, no dedup, no bookkeeping): {rate2:,.0f} events/s, "
+            f"{cpu2:.1f} us CPU per event; the store does {rate / rate2:.2f}x of it",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ async def _open_store(cfg: Config) -> Store:
         await store.close()  # a half-open store's connection threads would keep the process alive
         if not isinstance(exc, sqlite3.DatabaseError):
             raise
-        raise HubError(f"cannot open the database {store.path} ({exc}). If the file is damaged, move it "
-                       "aside (keep it: its events can be recovered) and start again with an empty one") from None
+        raise HubError(
+            f"cannot open the database {store.path} ({exc}). If the file is damaged, move it "
+            "aside (keep it: its events can be recovered) and start again with an empty one"
+        ) from None
     return store
 
 
@@ -75,11 +77,15 @@ async def local_parts(cfg: Config) -> AsyncIterator[LocalParts]:
     """Open an existing hub's store (another process may be running it: WAL allows that) and its importer."""
     db = cfg.data_dir / "hub.db"
     if not db.exists():
-        raise HubError(f"no hub database at {db}: give the data directory of a hub that has run (--data-dir), "
-                       "or a running hub (--url)")
+        raise HubError(
+            f"no hub database at {db}: give the data directory of a hub that has run (--data-dir), "
+            "or a running hub (--url)"
+        )
     store = await _open_store(cfg)
     try:
-        yield LocalParts(store, Importer(store, cfg, schema=SchemaChecker()), secrets.hub_id(cfg.data_dir, create=False))
+        yield LocalParts(
+            store, Importer(store, cfg, schema=SchemaChecker()), secrets.hub_id(cfg.data_dir, create=False)
+        )
     finally:
         await store.close()
 
@@ -111,8 +117,10 @@ class Hub:
             self.admin_token = secrets.admin_token(cfg, create=True)
             keys = KeyRing(secrets.device_keys(cfg))
         except PermissionError as exc:
-            raise HubError(f"cannot write to the data directory {self.data_dir} ({exc.strerror}); "
-                           "set server.data_dir (or --data-dir) to a directory this user can write") from None
+            raise HubError(
+                f"cannot write to the data directory {self.data_dir} ({exc.strerror}); "
+                "set server.data_dir (or --data-dir) to a directory this user can write"
+            ) from None
         if cfg.tls.enabled:  # before anything opens: a bad certificate stops the start cleanly
             self.tls = load_or_create(cfg.tls, self.data_dir, cfg.server.branch_name)
         self.store = store = await _open_store(cfg)
@@ -122,18 +130,26 @@ class Hub:
         facts = StatusFacts(store, ingest.counters, forwarder, cfg, version=__version__, hub_id=self.hub_id)
         metrics = Metrics(store, ingest.counters, forwarder, version=__version__, hub_id=self.hub_id)
         status = StatusPages(facts, metrics, admin, cookie_key=self.admin_token)
-        share = ShareHandlers(Importer(store, cfg, schema=ingest.schema), cfg, admin=admin, db_path=store.path,
-                              hub_id=self.hub_id)
+        share = ShareHandlers(
+            Importer(store, cfg, schema=ingest.schema), cfg, admin=admin, db_path=store.path, hub_id=self.hub_id
+        )
         control = Control(store, forwarder, admin)
-        self.web = WebServer(cfg, [ingest.routes(), status.routes(), share.routes(), control.routes()],
-                             middlewares=[ingest.cors])
+        self.web = WebServer(
+            cfg, [ingest.routes(), status.routes(), share.routes(), control.routes()], middlewares=[ingest.cors]
+        )
         await self.web.start(self.tls.context if self.tls is not None else None)
         self.port, self.tls_port = self.web.port, self.web.tls_port
         shown = cfg.server.host or "*"
-        log.info("telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir)
+        log.info(
+            "telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir
+        )
         if self.tls is not None:
-            log.info("HTTPS on port %d, certificate %s, SHA-256 fingerprint %s (clients can pin it)",
-                     self.tls_port, self.tls.cert_path, self.tls.fingerprint)
+            log.info(
+                "HTTPS on port %d, certificate %s, SHA-256 fingerprint %s (clients can pin it)",
+                self.tls_port,
+                self.tls.cert_path,
+                self.tls.fingerprint,
+            )
         await forwarder.start()
         self.scheduler = self._schedule(store, forwarder)
         self.scheduler.start()
@@ -153,8 +169,15 @@ class Hub:
             return
         name = self.cfg.server.branch_name or socket.gethostname()
         try:
-            props = txt_properties(path=DEVICE_PATHS[0], ver=API_VERSION, hub_id=self.hub_id, name=name, auth=auth,
-                                   tls_fingerprint=self.tls.fingerprint if self.tls else None, extra=d.txt)
+            props = txt_properties(
+                path=DEVICE_PATHS[0],
+                ver=API_VERSION,
+                hub_id=self.hub_id,
+                name=name,
+                auth=auth,
+                tls_fingerprint=self.tls.fingerprint if self.tls else None,
+                extra=d.txt,
+            )
             instance = d.instance or default_instance_name(self.cfg.server.branch_name, socket.gethostname())
             self.advertiser = Advertiser(instance=instance, port=self.port, properties=props, interfaces=d.interfaces)
         except ValueError as exc:
@@ -166,15 +189,29 @@ class Hub:
         sched = AsyncIOScheduler()
         up = self.cfg.upstream
         if forwarder.enabled:
-            sched.add_job(forwarder.probe, "interval", seconds=max(1.0, up.probe_interval), id="probe",
-                          max_instances=1, coalesce=True)
+            sched.add_job(
+                forwarder.probe,
+                "interval",
+                seconds=max(1.0, up.probe_interval),
+                id="probe",
+                max_instances=1,
+                coalesce=True,
+            )
             for window, (start, _) in zip(up.upload_windows, up.windows, strict=True):
                 sched.add_job(forwarder.wake, "cron", hour=start // 60, minute=start % 60, id=f"window-{window}")
         retention_s = self.cfg.store.retention_days * 86400
         # Hourly for the default week; a short retention is applied in step with itself.
         every = min(3600.0, max(10.0, retention_s / 4))
-        sched.add_job(store.prune, "interval", seconds=every, args=[retention_s], id="retention", max_instances=1,
-                      coalesce=True, next_run_time=datetime.now() + timedelta(seconds=min(30.0, every)))
+        sched.add_job(
+            store.prune,
+            "interval",
+            seconds=every,
+            args=[retention_s],
+            id="retention",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now() + timedelta(seconds=min(30.0, every)),
+        )
         return sched
 
     async def stop(self) -> None:

@@ -187,11 +187,35 @@ class Config:
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": KiB, "kb": 1000, "kib": KiB, "m": MiB, "mb": 1000**2, "mib": MiB,
-          "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1024 * GiB, "tb": 1000**4, "tib": 1024 * GiB}
-_SIZE_FIELDS = {"bytes", "max_bytes", "min_free_bytes", "max_body_bytes", "max_decompressed_bytes",
-                "max_event_bytes", "max_buffered_bytes", "batch_bytes", "daily_byte_budget", "max_file_bytes",
-                "max_uncompressed_bytes"}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB,
+    "kb": 1000,
+    "kib": KiB,
+    "m": MiB,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": GiB,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1024 * GiB,
+    "tb": 1000**4,
+    "tib": 1024 * GiB,
+}
+_SIZE_FIELDS = {
+    "bytes",
+    "max_bytes",
+    "min_free_bytes",
+    "max_body_bytes",
+    "max_decompressed_bytes",
+    "max_event_bytes",
+    "max_buffered_bytes",
+    "batch_bytes",
+    "daily_byte_budget",
+    "max_file_bytes",
+    "max_uncompressed_bytes",
+}
 
 
 def parse_size(value: int | str) -> int:
@@ -202,7 +226,7 @@ def parse_size(value: int | str) -> int:
         return value
     m = _SIZE_RE.match(str(value))
     if not m or (m.group(2) or "").lower() not in _UNITS:
-        raise ValueError(f"{value!r} is not a size (write e.g. 5242880, \"5 MiB\" or \"200 MB\")")
+        raise ValueError(f'{value!r} is not a size (write e.g. 5242880, "5 MiB" or "200 MB")')
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
@@ -215,9 +239,9 @@ def parse_windows(windows: tuple[str, ...]) -> list[tuple[int, int]]:
             ha, ma = (int(x) for x in a.split(":"))
             hb, mb = (int(x) for x in b.split(":"))
         except ValueError:
-            raise ValueError(f"{w!r} is not a window like \"22:00-06:00\"") from None
+            raise ValueError(f'{w!r} is not a window like "22:00-06:00"') from None
         if not (0 <= ha < 24 and 0 <= hb < 24 and 0 <= ma < 60 and 0 <= mb < 60):
-            raise ValueError(f"{w!r} is not a window like \"22:00-06:00\" (hours 0-23, minutes 0-59)")
+            raise ValueError(f'{w!r} is not a window like "22:00-06:00" (hours 0-23, minutes 0-59)')
         out.append((ha * 60 + ma, hb * 60 + mb))
     return out
 
@@ -288,9 +312,7 @@ def _build(cls: type, section: str, values: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(
-            f"{section}.{unknown[0]}: unknown setting (known in [{section}]: {', '.join(sorted(known))})"
-        )
+        raise ConfigError(f"{section}.{unknown[0]}: unknown setting (known in [{section}]: {', '.join(sorted(known))})")
     return cls(**{k: _check(section, k, hints[k], v) for k, v in values.items()})
 
 
@@ -312,7 +334,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"upstream.sink: {cfg.upstream.sink!r} is not a sink (known: {', '.join(SINK_NAMES)})")
     for w in cfg.upstream.upload_windows:
         if not re.fullmatch(r"\d{1,2}:\d{2}-\d{1,2}:\d{2}", w):
-            raise ConfigError(f"upstream.upload_windows: {w!r} is not a window like \"22:00-06:00\"")
+            raise ConfigError(f'upstream.upload_windows: {w!r} is not a window like "22:00-06:00"')
     try:
         _ = cfg.upstream.windows  # parsed once here, so a bad window is a config error at start
     except ValueError as exc:
@@ -355,4 +377,3 @@ def load(path: str | os.PathLike[str] | None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return from_dict(data)
-

@@ -75,8 +75,9 @@ def page_needs_token(cfg: Config) -> bool:
 class StatusFacts:
     """Answers 'is the hub healthy, and why not' from the store's live figures and the forwarder's state."""
 
-    def __init__(self, store: Store, counts: RequestCounts, forwarder: Forwarder, cfg: Config, *,
-                 version: str, hub_id: str) -> None:
+    def __init__(
+        self, store: Store, counts: RequestCounts, forwarder: Forwarder, cfg: Config, *, version: str, hub_id: str
+    ) -> None:
         self.store = store
         self.counts = counts
         self.forwarder = forwarder
@@ -100,11 +101,20 @@ class StatusFacts:
         s = self.store.stats
         st = self.forwarder.state
         inputs = HealthInputs(
-            writable=writable, space_problem=self.store.space_problem(HEALTH_MARGIN_BYTES),
-            db_bytes=s.db_bytes, free_bytes=s.free_bytes, max_bytes=self.store.cfg.max_bytes,
-            min_free_bytes=self.store.cfg.min_free_bytes, backlog=s.backlog, dead_letters=s.dead_letters,
-            upstream_configured=self.forwarder.enabled, link=st.link, last_error=st.last_error,
-            last_error_at=st.last_error_at, down_since=self._down_since, waiting_for=st.waiting_for,
+            writable=writable,
+            space_problem=self.store.space_problem(HEALTH_MARGIN_BYTES),
+            db_bytes=s.db_bytes,
+            free_bytes=s.free_bytes,
+            max_bytes=self.store.cfg.max_bytes,
+            min_free_bytes=self.store.cfg.min_free_bytes,
+            backlog=s.backlog,
+            dead_letters=s.dead_letters,
+            upstream_configured=self.forwarder.enabled,
+            link=st.link,
+            last_error=st.last_error,
+            last_error_at=st.last_error_at,
+            down_since=self._down_since,
+            waiting_for=st.waiting_for,
         )
         return assess(inputs, self.cfg.health, time.time() if now is None else now)
 
@@ -163,8 +173,12 @@ class StatusFacts:
             "state_text": STATE_TEXT[state],
             "problems": [asdict(p) for p in problems],
             "now": now,
-            "hub": {"id": self.hub_id, "version": self.version, "branch": self.cfg.server.branch_name,
-                    "started_at": self.started_at},
+            "hub": {
+                "id": self.hub_id,
+                "version": self.version,
+                "branch": self.cfg.server.branch_name,
+                "started_at": self.started_at,
+            },
             "events": {
                 "received": int(counters.get("received", 0)),
                 "duplicates": s.duplicates,
@@ -207,8 +221,15 @@ class StatusFacts:
             },
             "devices": {
                 "count": await store.read.device_count(),
-                "recent": [{"did": d.did, "first_seen": d.first_seen / 1000, "last_seen": d.last_seen / 1000,
-                            "events": d.events} for d in recent],
+                "recent": [
+                    {
+                        "did": d.did,
+                        "first_seen": d.first_seen / 1000,
+                        "last_seen": d.last_seen / 1000,
+                        "events": d.events,
+                    }
+                    for d in recent
+                ],
             },
             "quarantine": {"count": s.quarantined, "top_reasons": await self._top_reasons("quarantine")},
             "dead_letters": {"count": s.dead_letters, "top_reasons": await self._top_reasons("dead_letter")},
@@ -237,8 +258,10 @@ class StatusFacts:
             shown = f"[{bare}]" if ":" in bare else bare
             urls = [f"{scheme}://{shown}:{port}{SUNBIRD_PATH}" for scheme, port in schemes]
             if is_loopback(host):
-                return urls, (f"The hub listens only on {host}, so devices cannot reach it. "
-                              'Set server.host = "" (every address) in the config to let them in.')
+                return urls, (
+                    f"The hub listens only on {host}, so devices cannot reach it. "
+                    'Set server.host = "" (every address) in the config to let them in.'
+                )
             return urls, None
         urls = []
         try:

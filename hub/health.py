@@ -67,46 +67,65 @@ def _space(i: HealthInputs, cfg: HealthConfig) -> Problem | None:
         return Problem("critical", "store-full", f"New telemetry is refused: {i.space_problem}.")
     cap = i.max_bytes
     if cap and i.db_bytes >= cfg.store_warn_fraction * cap:
-        return Problem("warning", "store-nearly-full",
-                       f"The store is at {100 * i.db_bytes // cap}% of its cap ({size_text(i.db_bytes)} of "
-                       f"{size_text(cap)}, store.max_bytes); at 100% it refuses new telemetry. "
-                       "Get the backlog delivered, or raise the cap if the disk has room.")
+        return Problem(
+            "warning",
+            "store-nearly-full",
+            f"The store is at {100 * i.db_bytes // cap}% of its cap ({size_text(i.db_bytes)} of "
+            f"{size_text(cap)}, store.max_bytes); at 100% it refuses new telemetry. "
+            "Get the backlog delivered, or raise the cap if the disk has room.",
+        )
     if i.free_bytes and i.free_bytes < 2 * i.min_free_bytes:
-        return Problem("warning", "disk-low",
-                       f"Only {size_text(i.free_bytes)} free on the disk; below {size_text(i.min_free_bytes)} "
-                       "(store.min_free_bytes) the hub refuses new telemetry. Free some disk space.")
+        return Problem(
+            "warning",
+            "disk-low",
+            f"Only {size_text(i.free_bytes)} free on the disk; below {size_text(i.min_free_bytes)} "
+            "(store.min_free_bytes) the hub refuses new telemetry. Free some disk space.",
+        )
     return None
 
 
 def _upstream(i: HealthInputs, cfg: HealthConfig, now: float) -> Problem | None:
     if not i.upstream_configured:
-        return Problem("note", "no-upstream",
-                       "No upstream is configured (upstream.url): telemetry is kept on this hub only.")
+        return Problem(
+            "note", "no-upstream", "No upstream is configured (upstream.url): telemetry is kept on this hub only."
+        )
     if i.link == "auth-failed":
-        return Problem("warning", "upstream-key-rejected",
-                       f"The institute's server rejects this hub's API key (it answered: {_answer(i.last_error)}). "
-                       f"Nothing is lost: {i.backlog:,} events wait here. Put the right key in "
-                       "upstream.api_key_file; the hub retries by itself.")
+        return Problem(
+            "warning",
+            "upstream-key-rejected",
+            f"The institute's server rejects this hub's API key (it answered: {_answer(i.last_error)}). "
+            f"Nothing is lost: {i.backlog:,} events wait here. Put the right key in "
+            "upstream.api_key_file; the hub retries by itself.",
+        )
     if i.link == "down":
         since = i.down_since or i.last_error_at or now
         if i.backlog and now - since >= cfg.upstream_down_minutes * 60:
-            return Problem("warning", "upstream-unreachable",
-                           f"The institute's server has been unreachable for {duration_text(now - since)} and "
-                           f"{i.backlog:,} events are waiting. Check the internet link; the events are "
-                           "kept and sent when it works again.")
+            return Problem(
+                "warning",
+                "upstream-unreachable",
+                f"The institute's server has been unreachable for {duration_text(now - since)} and "
+                f"{i.backlog:,} events are waiting. Check the internet link; the events are "
+                "kept and sent when it works again.",
+            )
     return None
 
 
 def _dead_letters(i: HealthInputs, cfg: HealthConfig) -> Problem | None:
     n = i.dead_letters
     if n >= cfg.dead_letters:
-        return Problem("warning", "dead-letters",
-                       f"{n:,} events were refused by the institute's server (dead letters). "
-                       "List them with `telemetry-hub dead-letter list`; re-queue them once the cause is fixed.")
+        return Problem(
+            "warning",
+            "dead-letters",
+            f"{n:,} events were refused by the institute's server (dead letters). "
+            "List them with `telemetry-hub dead-letter list`; re-queue them once the cause is fixed.",
+        )
     if n:
-        return Problem("note", "dead-letters",
-                       f"{n:,} event{'s were' if n != 1 else ' was'} refused by the "
-                       "institute's server (dead letters): `telemetry-hub dead-letter list`.")
+        return Problem(
+            "note",
+            "dead-letters",
+            f"{n:,} event{'s were' if n != 1 else ' was'} refused by the "
+            "institute's server (dead letters): `telemetry-hub dead-letter list`.",
+        )
     return None
 
 
@@ -114,9 +133,14 @@ def assess(i: HealthInputs, cfg: HealthConfig, now: float) -> list[Problem]:
     """Everything wrong right now, worst first."""
     out: list[Problem] = []
     if not i.writable:
-        out.append(Problem("critical", "store-not-writable",
-                           "The hub cannot write to its database, so devices' telemetry is refused. "
-                           "Check the SD card and the log (journalctl -u telemetry-hub)."))
+        out.append(
+            Problem(
+                "critical",
+                "store-not-writable",
+                "The hub cannot write to its database, so devices' telemetry is refused. "
+                "Check the SD card and the log (journalctl -u telemetry-hub).",
+            )
+        )
     for found in (_space(i, cfg), _upstream(i, cfg, now), _dead_letters(i, cfg)):
         if found is not None:
             out.append(found)

@@ -73,34 +73,45 @@ class _LiveCollector(Collector):
                 family.add_metric([str(key)], n)
             return family
 
-        yield counter("events_received", "Events devices and imports sent (new, duplicate and quarantined)",
-                      snap.counters.get("received", 0))
-        yield counter("events_duplicates", "Events received again (same mid), stored once",
-                      snap.counters.get("duplicates", 0))
+        yield counter(
+            "events_received",
+            "Events devices and imports sent (new, duplicate and quarantined)",
+            snap.counters.get("received", 0),
+        )
+        yield counter(
+            "events_duplicates", "Events received again (same mid), stored once", snap.counters.get("duplicates", 0)
+        )
         yield counter("events_quarantined", "Events kept aside as malformed, never forwarded", s.quarantined)
         yield counter("events_delivered", "Events upstream accepted", snap.counters.get("delivered", 0))
         yield gauge("backlog_events", "Events stored and waiting for upstream", s.backlog)
-        yield gauge("dead_letter_events", "Events upstream refused, kept for inspection or re-queueing",
-                    s.dead_letters)
+        yield gauge("dead_letter_events", "Events upstream refused, kept for inspection or re-queueing", s.dead_letters)
         yield gauge("devices", "Devices that ever sent telemetry", snap.devices)
         yield gauge("store_bytes", "Size of the database files (db, WAL, shm)", s.db_bytes)
         yield gauge("store_max_bytes", "store.max_bytes: the size at which new data is refused", m.store.cfg.max_bytes)
         yield gauge("disk_free_bytes", "Free space on the disk holding the database", s.free_bytes)
-        yield gauge("store_accepting", "1 when the store takes new data, 0 when full or at its cap",
-                    0 if m.store.space_problem() else 1)
-        yield gauge("store_last_commit_timestamp_seconds", "When the store last committed (0: not yet)",
-                    s.last_commit_at)
+        yield gauge(
+            "store_accepting",
+            "1 when the store takes new data, 0 when full or at its cap",
+            0 if m.store.space_problem() else 1,
+        )
+        yield gauge(
+            "store_last_commit_timestamp_seconds", "When the store last committed (0: not yet)", s.last_commit_at
+        )
         yield by("schema_warnings", "Events breaking the Sunbird v3 schema, by check", "check", s.schema_warnings)
 
         st = m.forwarder.state
-        link = GaugeMetricFamily(f"{_PREFIX}_upstream_link", "Upstream link state (1 for the current state)",
-                                 labels=["state"])
+        link = GaugeMetricFamily(
+            f"{_PREFIX}_upstream_link", "Upstream link state (1 for the current state)", labels=["state"]
+        )
         for state in LINK_STATES if st.link in LINK_STATES else (*LINK_STATES, st.link):
             link.add_metric([state], 1 if st.link == state else 0)
         yield link
         yield by("upstream_errors", "Failed upstream requests since start, by kind", "kind", st.errors)
-        yield gauge("upstream_last_success_timestamp_seconds", "When upstream last accepted a batch (0: not since start)",
-                    st.last_success_at or 0)
+        yield gauge(
+            "upstream_last_success_timestamp_seconds",
+            "When upstream last accepted a batch (0: not since start)",
+            st.last_success_at or 0,
+        )
         yield gauge("upstream_batch_limit_events", "Events per batch upstream currently accepts", st.batch_limit)
 
         c = m.counts
@@ -111,8 +122,7 @@ class _LiveCollector(Collector):
 class Metrics:
     """The hub's Prometheus metrics in a private registry (several hubs may share one process)."""
 
-    def __init__(self, store: Store, counts: RequestCounts, forwarder: Forwarder, *, version: str,
-                 hub_id: str) -> None:
+    def __init__(self, store: Store, counts: RequestCounts, forwarder: Forwarder, *, version: str, hub_id: str) -> None:
         self.store = store
         self.counts = counts
         self.forwarder = forwarder
@@ -121,20 +131,30 @@ class Metrics:
         self.snapshot = _Snapshot()
         self.registry = CollectorRegistry(auto_describe=True)
         self.batch_seconds = Histogram(
-            f"{_PREFIX}_upstream_batch_seconds", "Time one upstream request took, by outcome",
-            ["outcome"], buckets=_BATCH_SECONDS_BUCKETS, registry=self.registry,
+            f"{_PREFIX}_upstream_batch_seconds",
+            "Time one upstream request took, by outcome",
+            ["outcome"],
+            buckets=_BATCH_SECONDS_BUCKETS,
+            registry=self.registry,
         )
         self.batch_events = Histogram(
-            f"{_PREFIX}_upstream_batch_events", "Events in one upstream request, by outcome",
-            ["outcome"], buckets=_COMMIT_EVENTS_BUCKETS, registry=self.registry,
+            f"{_PREFIX}_upstream_batch_events",
+            "Events in one upstream request, by outcome",
+            ["outcome"],
+            buckets=_COMMIT_EVENTS_BUCKETS,
+            registry=self.registry,
         )
         self.commit_seconds = Histogram(
-            f"{_PREFIX}_store_commit_seconds", "Time one group commit took (fsync included)",
-            buckets=_COMMIT_SECONDS_BUCKETS, registry=self.registry,
+            f"{_PREFIX}_store_commit_seconds",
+            "Time one group commit took (fsync included)",
+            buckets=_COMMIT_SECONDS_BUCKETS,
+            registry=self.registry,
         )
         self.commit_events = Histogram(
-            f"{_PREFIX}_store_commit_events", "Events in one group commit",
-            buckets=_COMMIT_EVENTS_BUCKETS, registry=self.registry,
+            f"{_PREFIX}_store_commit_events",
+            "Events in one group commit",
+            buckets=_COMMIT_EVENTS_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(_LiveCollector(self))
         store.on_group_commit(self._on_commit)

@@ -28,7 +28,7 @@ def _load(name: str) -> dict[str, Any]:
 def _resolve(uri: str) -> dict[str, Any]:
     if not uri.startswith(_PREFIX):
         raise ValueError(f"schema reference {uri} is outside the bundled Sunbird schemas")
-    return _load(uri[len(_PREFIX):])
+    return _load(uri[len(_PREFIX) :])
 
 
 # Warning-only checks per second: about 31 us each on the development machine (building the event's

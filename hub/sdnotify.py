@@ -214,7 +214,9 @@ class Watchdog:
             if late > self.interval:
                 log.warning(
                     "event loop was blocked for about %.1f s; systemd's watchdog restarts the hub "
-                    "if that exceeds WatchdogSec", late)
+                    "if that exceeds WatchdogSec",
+                    late,
+                )
             self.tick()
 
     def tick(self) -> bool:
@@ -229,8 +231,10 @@ class Watchdog:
         if not ok:
             if not self._unhealthy:
                 self._unhealthy = True
-                log.warning("hub is unhealthy; withholding systemd watchdog pings "
-                            "(systemd restarts the hub if this lasts longer than WatchdogSec)")
+                log.warning(
+                    "hub is unhealthy; withholding systemd watchdog pings "
+                    "(systemd restarts the hub if this lasts longer than WatchdogSec)"
+                )
             return False
         if self._unhealthy:
             self._unhealthy = False

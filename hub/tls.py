@@ -48,8 +48,12 @@ def _self_signed(cert_path: Path, key_path: Path, name: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64] or host[:64] or "telemetry-hub")])
-    alt: list[x509.GeneralName] = [x509.DNSName(host), x509.DNSName(f"{host}.local"), x509.DNSName("localhost"),
-                                   x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    alt: list[x509.GeneralName] = [
+        x509.DNSName(host),
+        x509.DNSName(f"{host}.local"),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -63,8 +67,10 @@ def _self_signed(cert_path: Path, key_path: Path, name: str) -> None:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from hub.store import Store
 from support.hubs import InProcessHubs, RunningHub
 from support.netns import Lab, NetnsUnavailable
 from support.stores import OpenStores
 from support.upstream import FakeUpstream
+
+from hub.store import Store
 
 
 def pytest_configure(config: pytest.Config) -> None:

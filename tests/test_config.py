@@ -24,7 +24,7 @@ def test_example_file_lists_every_setting_at_its_default():
     data = tomllib.loads(EXAMPLE.read_text())
     assert load(EXAMPLE) == Config()
     for section in dataclasses.fields(Config):
-        names = {f.name for f in dataclasses.fields(section.default_factory())}  # type: ignore[misc]
+        names = {f.name for f in dataclasses.fields(section.default_factory())}
         assert set(data.get(section.name, {})) == names, f"[{section.name}] in config.example.toml"
 
 
@@ -59,7 +59,8 @@ def test_sizes_and_upstream_paths():
 def test_cli_exits_2_and_names_the_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[store]\nmax_byte = 5\n")
-    r = subprocess.run([sys.executable, "-m", "hub", "--config", str(bad), "run"], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "hub", "--config", str(bad), "run"], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 2
     assert "store.max_byte: unknown setting" in r.stderr

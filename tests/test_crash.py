@@ -8,11 +8,9 @@ import sqlite3
 
 import aiohttp
 import pytest
-
+from reliability.helpers import duplicate_rows
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
-
-from reliability.helpers import duplicate_rows
 
 pytestmark = pytest.mark.slow  # kill -9 under load
 
@@ -31,7 +29,7 @@ async def _load(url: str, acked: set[str], stop: asyncio.Event, client: int) -> 
                         if r.status == 200:
                             await r.read()
                             acked.update(e["mid"] for e in events)
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     await asyncio.sleep(0.01)
 
 

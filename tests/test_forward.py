@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
-
-from support.events import js_request, make_events
 from support.drive import FAST, send, wait_for
+from support.events import js_request, make_events
+
 
 def pending(hub) -> int:
     return hub.rows("SELECT count(*) FROM events WHERE delivered_at IS NULL")[0][0]
@@ -17,8 +17,11 @@ def pending(hub) -> int:
 
 async def settle(hub, upstream, mids: set[str], timeout: float = 30.0) -> None:
     """Every accepted mid arrived upstream and nothing is pending in the hub."""
-    await wait_for(lambda: mids <= upstream.mids and pending(hub) == 0, timeout,
-                   f"all {len(mids)} events upstream (have {len(mids & upstream.mids)})")
+    await wait_for(
+        lambda: mids <= upstream.mids and pending(hub) == 0,
+        timeout,
+        f"all {len(mids)} events upstream (have {len(mids & upstream.mids)})",
+    )
 
 
 async def test_batches_are_sent_as_the_mobile_app_sends_them(start_hub, http, upstream, tmp_path):
@@ -56,7 +59,7 @@ async def test_a_long_backlog_goes_up_once_per_event_and_batch(start_hub, http, 
     hub = await start_hub(upstream={"url": upstream.url, **FAST, "batch_events": 20})
     events = make_events(3000)
     for i in range(0, len(events), 200):
-        await send(http, hub, events[i:i + 200])
+        await send(http, hub, events[i : i + 200])
     await settle(hub, upstream, {e["mid"] for e in events}, timeout=60)
     assert sorted(upstream.received_mids) == sorted(e["mid"] for e in events)  # each event once
     msgids = [b.msgid for b in upstream.batches]
@@ -94,7 +97,7 @@ async def test_random_faults_lose_nothing(start_hub, http, upstream, faults):
     hub = await start_hub(upstream={"url": upstream.url, **FAST, "batch_events": 50})
     events = make_events(600)
     for i in range(0, 600, 100):
-        await send(http, hub, events[i:i + 100])
+        await send(http, hub, events[i : i + 100])
     await settle(hub, upstream, {e["mid"] for e in events}, 60)
     s = hub.hub.forwarder.state
     assert sum(s.errors.values()) > 0, "the faults never happened"
@@ -136,8 +139,9 @@ async def test_rejected_key_waits_and_resumes_when_the_key_file_is_fixed(start_h
     key = tmp_path / "upstream-key"
     key.write_text("old-key")
     upstream.key = "new-key"
-    hub = await start_hub(upstream={"url": upstream.url, "api_key_file": str(key), **FAST,
-                                    "auth_retry_interval": 300.0})
+    hub = await start_hub(
+        upstream={"url": upstream.url, "api_key_file": str(key), **FAST, "auth_retry_interval": 300.0}
+    )
     events = make_events(30)
     await send(http, hub, events)
     await wait_for(lambda: hub.hub.forwarder.state.link == "auth-failed", 10, "auth failure")
@@ -195,8 +199,9 @@ async def test_400_isolates_the_refused_events_in_dead_letter(start_hub, http, u
     async with http.get(hub.url + "/admin/dead-letters", headers={"Authorization": f"Bearer {token}"}) as r:
         listed = await r.json()
         assert listed["total"] == 3 and {i["mid"] for i in listed["items"]} == bad
-    async with http.post(hub.url + "/admin/dead-letters/requeue", json={"all": True},
-                         headers={"Authorization": f"Bearer {token}"}) as r:
+    async with http.post(
+        hub.url + "/admin/dead-letters/requeue", json={"all": True}, headers={"Authorization": f"Bearer {token}"}
+    ) as r:
         assert (await r.json()) == {"requeued": 3}
     await settle(hub, upstream, bad | good)
     assert hub.rows("SELECT count(*) FROM dead_letter") == [(0,)]
@@ -315,8 +320,9 @@ def test_windows_parse_and_wrap():
 async def _cli(*args: str) -> tuple[int, str]:
     import sys
 
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hub", *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await proc.communicate()
     return proc.returncode, out.decode()
 

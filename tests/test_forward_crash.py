@@ -9,12 +9,10 @@ import time
 
 import aiohttp
 import pytest
-
+from reliability.helpers import duplicate_rows, upstream_duplicates
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
 from support.hubs import write_config
-
-from reliability.helpers import duplicate_rows, upstream_duplicates
 
 pytestmark = pytest.mark.slow  # kill -9 while forwarding
 
@@ -24,9 +22,18 @@ ROUNDS = 4
 @pytest.mark.upstream_options(seed=11, reset_rate=0.1, reset_after_store=True, fail_rate=0.1)
 async def test_kill_9_while_forwarding_loses_nothing(tmp_path, upstream):
     fake = upstream
-    cfg = write_config(tmp_path / "hub.toml",
-                       upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.5, "probe_interval": 0.2,
-                                 "timeout": 2.0, "connect_timeout": 0.5, "batch_events": 50})
+    cfg = write_config(
+        tmp_path / "hub.toml",
+        upstream={
+            "url": fake.url,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.5,
+            "probe_interval": 0.2,
+            "timeout": 2.0,
+            "connect_timeout": 0.5,
+            "batch_events": 50,
+        },
+    )
     hub = HubProcess(tmp_path / "data", config=cfg)
     acked: set[str] = set()
     flapper = fake.flap(0.7, 0.3)
@@ -74,5 +81,7 @@ async def test_kill_9_while_forwarding_loses_nothing(tmp_path, upstream):
     assert not redelivered, redelivered
     # Duplicates upstream come only from batches in flight at a kill or a reset: each batch msgid is
     # reused on retry, so upstream's batch dedup would drop them.
-    print(f"crash rounds {ROUNDS}: {len(acked)} acknowledged, {len(fake.received_mids) - len(fake.mids)} duplicate "
-          f"deliveries (reused msgids), 0 lost")
+    print(
+        f"crash rounds {ROUNDS}: {len(acked)} acknowledged, {len(fake.received_mids) - len(fake.mids)} duplicate "
+        f"deliveries (reused msgids), 0 lost"
+    )

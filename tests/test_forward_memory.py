@@ -31,8 +31,11 @@ async def _fill(open_store, db: Path, n: int) -> None:
     for start in range(0, n, 50_000):
         span = range(start, min(n, start + 50_000))
         rows = [(f"{base}-{i}", "dev", "LOG", 1.0, "chan", "app", 0, "fill") for i in span]
-        raws = [b'{"eid":"LOG","ets":1,"ver":"3.0","mid":"%s-%d","edata":{"type":"t","level":"INFO","message":"m"}}'
-                % (base.encode(), i) for i in span]
+        raws = [
+            b'{"eid":"LOG","ets":1,"ver":"3.0","mid":"%s-%d","edata":{"type":"t","level":"INFO","message":"m"}}'
+            % (base.encode(), i)
+            for i in span
+        ]
         insert_events(con, rows, raws, start + 1)  # the store's own insert, so the layout is the store's
         con.commit()
     con.close()
@@ -52,8 +55,10 @@ async def test_forwarding_a_million_event_backlog_keeps_memory_flat(tmp_path, up
     await _fill(open_store, data / "hub.db", BACKLOG)
     fake = upstream
     await fake.down()  # idle first: the link is down, nothing moves
-    cfg = write_config(tmp_path / "hub.toml",
-                       upstream={"url": fake.url, "backoff_initial": 0.1, "backoff_max": 0.3, "probe_interval": 0.2})
+    cfg = write_config(
+        tmp_path / "hub.toml",
+        upstream={"url": fake.url, "backoff_initial": 0.1, "backoff_max": 0.3, "probe_interval": 0.2},
+    )
     hub = HubProcess(data, config=cfg)
     await asyncio.to_thread(hub.start)
     try:

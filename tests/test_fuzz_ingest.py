@@ -10,17 +10,18 @@ import sqlite3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
 
 pytestmark = pytest.mark.slow  # hundreds of hypothesis cases against a subprocess hub
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
-json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                          max_leaves=20)
+json_value = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=20
+)
 event_like = st.fixed_dictionaries(
-    {}, optional={"mid": json_value, "eid": json_value, "ets": json_value, "context": json_value, "edata": json_value})
+    {}, optional={"mid": json_value, "eid": json_value, "ets": json_value, "context": json_value, "edata": json_value}
+)
 
 
 def _gzip_mangle(data: bytes, cut: int) -> bytes:
@@ -71,8 +72,11 @@ def _snapshot(hub: HubProcess) -> list[tuple]:
 FUZZ_CASES = 300
 
 
-@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+@settings(
+    max_examples=FUZZ_CASES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(body=bodies, encoding=encodings)
 def test_hostile_bodies_never_5xx_and_change_nothing_valid(hub, body, encoding):
     before = _snapshot(hub)

@@ -14,13 +14,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from support.hubs import RunningHub
 from support.events import make_events, mobile_request
-from hub import __version__
-from hub.share import Importer, ImportReport, NothingToExport, export_archive, parse_since
-from hub.schema import SchemaChecker
-from hub.share import FORMAT_ARCHIVE, FORMAT_GSA, read_share_file
+from support.hubs import RunningHub
 from support.sharefiles import (
     DID,
     SAMPLE_ARCHIVE,
@@ -33,6 +28,19 @@ from support.sharefiles import (
     odd_events,
     write_zip,
     zip_bomb,
+)
+
+from hub import __version__
+from hub.schema import SchemaChecker
+from hub.share import (
+    FORMAT_ARCHIVE,
+    FORMAT_GSA,
+    Importer,
+    ImportReport,
+    NothingToExport,
+    export_archive,
+    parse_since,
+    read_share_file,
 )
 
 SAMPLE_TOTAL = sum(SAMPLE_COUNTS)
@@ -84,11 +92,22 @@ def form(files: list[tuple[str, bytes]], token: str | None = None) -> aiohttp.Fo
 
 async def hub_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
     """`python -m hub ...` as a subprocess, without blocking the loop the in-process hub runs on."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("TELEMETRY_HUB_ADMIN_TOKEN", "STATE_DIRECTORY",
-                                                                  "TELEMETRY_HUB_CONFIG")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("TELEMETRY_HUB_ADMIN_TOKEN", "STATE_DIRECTORY", "TELEMETRY_HUB_CONFIG")
+    }
     full_env.update(env or {})
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hub", *args, cwd=cwd, env=full_env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hub",
+        *args,
+        cwd=cwd,
+        env=full_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -114,7 +133,7 @@ async def test_real_sample_archive_stored_byte_identical(start_hub) -> None:
             assert b'"events":[' + b",".join(mine) + b"]" in batch  # the batch's own bytes, in order
             start += item["eventsCount"]
     assert rh.rows("SELECT DISTINCT source FROM events") == [("import:telemetry.zip",)]
-    (name, fmt, body), = rh.rows("SELECT name, format, report FROM imports")
+    ((name, fmt, body),) = rh.rows("SELECT name, format, report FROM imports")
     assert (name, fmt) == ("telemetry.zip", FORMAT_ARCHIVE)
     assert json.loads(body)["new"] == SAMPLE_TOTAL  # the ledger holds the committed counts
 
@@ -167,8 +186,11 @@ async def test_file_imported_twice_adds_nothing(start_hub, http, tmp_path: Path)
     assert again.imported_as == "first.zip" and again.sha256 == first.sha256
     assert "already imported on" in again.headline()
     # Through HTTP too: recognised from the ledger, nothing added.
-    async with http.post(rh.url + "/admin/import", data=form([("x.zip", (tmp_path / "first.zip").read_bytes())]),
-                         headers={"Authorization": f"Bearer {rh.hub.admin_token}"}) as r:
+    async with http.post(
+        rh.url + "/admin/import",
+        data=form([("x.zip", (tmp_path / "first.zip").read_bytes())]),
+        headers={"Authorization": f"Bearer {rh.hub.admin_token}"},
+    ) as r:
         assert r.status == 200
         (answer,) = await r.json()
     assert answer["already_imported"] is True and answer["new"] == 0
@@ -213,8 +235,9 @@ async def test_round_trip_between_hubs(start_hub, http, tmp_path: Path) -> None:
     rc, out, err = await hub_cli("export", "--data-dir", str(tmp_path / "a"), "--out", str(tmp_path / "dir.zip"))
     assert rc == 0, err
     assert f"{total} events" in out and "Nothing was marked delivered" in out
-    rc, out, err = await hub_cli("export", "--url", a.url, f"--token={a.hub.admin_token}",
-                                 "--out", str(tmp_path / "url.zip"), "--json")
+    rc, out, err = await hub_cli(
+        "export", "--url", a.url, f"--token={a.hub.admin_token}", "--out", str(tmp_path / "url.zip"), "--json"
+    )
     assert rc == 0, err
     assert json.loads(out)["events"] == total
     assert snapshot(a) == before  # export marks nothing delivered, changes nothing
@@ -238,8 +261,9 @@ async def test_round_trip_between_hubs(start_hub, http, tmp_path: Path) -> None:
     assert devices == {d for (d,) in a.rows("SELECT DISTINCT did FROM events")} and a.hub.hub_id not in devices
     settled = snapshot(b)
 
-    rc, out, err = await hub_cli("import", "--data-dir", str(tmp_path / "b"), "--json",
-                                 str(tmp_path / "dir.zip"), str(tmp_path / "url.zip"))
+    rc, out, err = await hub_cli(
+        "import", "--data-dir", str(tmp_path / "b"), "--json", str(tmp_path / "dir.zip"), str(tmp_path / "url.zip")
+    )
     assert rc == 0, err
     same, other = (ImportReport.from_json(d) for d in json.loads(out))
     assert same.already_imported and same.new == 0
@@ -344,8 +368,11 @@ async def test_hostile_file_refused_store_unchanged(start_hub, http, tmp_path: P
     assert report.error.startswith(f"{path.name}: ") and reason in report.error, report.error
     assert snapshot(rh) == before
     # Uploaded, the report names the file as sent, not the hub's temp file.
-    async with http.post(rh.url + "/admin/import", data=form([("from-student.zip", path.read_bytes())]),
-                         headers={"Authorization": f"Bearer {rh.hub.admin_token}"}) as r:
+    async with http.post(
+        rh.url + "/admin/import",
+        data=form([("from-student.zip", path.read_bytes())]),
+        headers={"Authorization": f"Bearer {rh.hub.admin_token}"},
+    ) as r:
         assert r.status == 200
         (answer,) = await r.json()
     assert answer["error"].startswith("from-student.zip: ") and reason in answer["error"]
@@ -359,8 +386,11 @@ async def test_full_store_refuses_import(start_hub, http, tmp_path: Path) -> Non
     before = snapshot(rh)
     report = await service(rh).import_file(tmp_path / "a.zip")
     assert not report.ok and "cannot store telemetry now" in report.error and "store.max_bytes" in report.error
-    async with http.post(rh.url + "/admin/import", data=form([("a.zip", (tmp_path / "a.zip").read_bytes())]),
-                         headers={"Authorization": f"Bearer {rh.hub.admin_token}"}) as r:
+    async with http.post(
+        rh.url + "/admin/import",
+        data=form([("a.zip", (tmp_path / "a.zip").read_bytes())]),
+        headers={"Authorization": f"Bearer {rh.hub.admin_token}"},
+    ) as r:
         assert r.status == 503 and "store.max_bytes" in (await r.json())["params"]["errmsg"]
     assert snapshot(rh) == before
 
@@ -375,8 +405,14 @@ async def test_cli_exit_codes(start_hub, tmp_path: Path) -> None:
     build_archive(tmp_path / "good.zip", [event_bytes(12)])
     (tmp_path / "bad.zip").write_bytes(b"PK\x03\x04 this is not really a zip")
 
-    rc, out, err = await hub_cli("import", "--data-dir", data_dir, str(tmp_path / "good.zip"),
-                                 str(tmp_path / "bad.zip"), str(tmp_path / "missing.zip"))
+    rc, out, err = await hub_cli(
+        "import",
+        "--data-dir",
+        data_dir,
+        str(tmp_path / "good.zip"),
+        str(tmp_path / "bad.zip"),
+        str(tmp_path / "missing.zip"),
+    )
     assert rc == 1, err
     assert "good.zip: imported: 12 new events" in out
     assert "bad.zip: FAILED" in out and "missing.zip: FAILED" in out and "cannot read the file" in out
@@ -386,8 +422,14 @@ async def test_cli_exit_codes(start_hub, tmp_path: Path) -> None:
     assert rc == 0 and "already imported on" in out, err
 
     # The token from the environment, over HTTP.
-    rc, out, err = await hub_cli("import", "--url", rh.url, "--json", str(tmp_path / "good.zip"),
-                                 env={"TELEMETRY_HUB_ADMIN_TOKEN": rh.hub.admin_token})
+    rc, out, err = await hub_cli(
+        "import",
+        "--url",
+        rh.url,
+        "--json",
+        str(tmp_path / "good.zip"),
+        env={"TELEMETRY_HUB_ADMIN_TOKEN": rh.hub.admin_token},
+    )
     assert rc == 0, err
     assert json.loads(out)[0]["already_imported"] is True
     rc, out, err = await hub_cli("import", "--url", rh.url, "--token", "wrong", str(tmp_path / "good.zip"))
@@ -432,7 +474,9 @@ async def test_http_two_files_two_reports_and_ledger(start_hub, http, tmp_path: 
         assert r.status == 200 and r.content_type == "application/json"
         reports = await r.json()
     assert [(x["file"], x["new"], x["format"]) for x in reports] == [
-        ("telemetry.zip", SAMPLE_TOTAL, FORMAT_ARCHIVE), ("old.gsa", 6, FORMAT_GSA)]
+        ("telemetry.zip", SAMPLE_TOTAL, FORMAT_ARCHIVE),
+        ("old.gsa", 6, FORMAT_GSA),
+    ]
     assert rh.rows("SELECT count(*) FROM events") == [(SAMPLE_TOTAL + 6,)]
     async with http.get(rh.url + "/admin/imports", headers={"Authorization": f"Bearer {rh.hub.admin_token}"}) as r:
         ledger = await r.json()
@@ -443,8 +487,11 @@ async def test_http_two_files_two_reports_and_ledger(start_hub, http, tmp_path: 
 
 async def test_http_file_over_limit_is_413(start_hub, http) -> None:
     rh = await start_hub(share={"max_file_bytes": 4000})
-    async with http.post(rh.url + "/admin/import", data=form([("big.zip", SAMPLE_ARCHIVE.read_bytes())]),
-                         headers={"Authorization": f"Bearer {rh.hub.admin_token}"}) as r:
+    async with http.post(
+        rh.url + "/admin/import",
+        data=form([("big.zip", SAMPLE_ARCHIVE.read_bytes())]),
+        headers={"Authorization": f"Bearer {rh.hub.admin_token}"},
+    ) as r:
         assert r.status == 413 and "share.max_file_bytes" in (await r.json())["params"]["errmsg"]
     assert rh.rows("SELECT count(*) FROM events") == [(0,)]
     assert list((rh.hub.data_dir / "uploads").iterdir()) == []
@@ -460,10 +507,15 @@ async def test_html_form_and_escaped_report(start_hub, http) -> None:
     # A browser-like upload whose file name is markup (sent raw: no client-side quoting).
     name = "../../<img src=x onerror=alert(1)>.zip"
     boundary = "----hubtest"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n{rh.hub.admin_token}\r\n'
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="token"\r\n\r\n{rh.hub.admin_token}\r\n'
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            f"Content-Type: application/zip\r\n\r\n").encode() + SAMPLE_ARCHIVE.read_bytes() + \
-        f"\r\n--{boundary}--\r\n".encode()
+            f"Content-Type: application/zip\r\n\r\n"
+        ).encode()
+        + SAMPLE_ARCHIVE.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}", "Accept": "text/html"}
     async with http.post(rh.url + "/import", data=body, headers=headers) as r:
         page = await r.text()

@@ -8,7 +8,6 @@ import json
 import zlib
 
 import pytest
-
 from support.events import desktop_request, js_request, make_events, mobile_request, sample_events
 
 PATHS = ["/api/data/v1/telemetry", "/v1/telemetry", "/content/data/v1/telemetry", "/action/data/v3/telemetry"]
@@ -91,13 +90,24 @@ async def test_real_sample_events_are_all_accepted_without_warnings(start_hub, h
 
 async def test_cors_preflight_and_headers(start_hub, http):
     hub = await start_hub()
-    headers = {"Origin": "https://player.example", "Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": "authorization,content-type,x-app-id,datatype"}
+    headers = {
+        "Origin": "https://player.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-app-id,datatype",
+    }
     async with http.options(hub.url + "/api/data/v1/telemetry", headers=headers) as r:
         assert r.status in (200, 204)
         allowed = {h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")}
         assert r.headers["Access-Control-Allow-Origin"] == "https://player.example"
-    for h in ("authorization", "content-type", "content-encoding", "x-app-id", "x-channel-id", "x-device-id", "datatype"):
+    for h in (
+        "authorization",
+        "content-type",
+        "content-encoding",
+        "x-app-id",
+        "x-channel-id",
+        "x-device-id",
+        "datatype",
+    ):
         assert h in allowed
     body, hdrs = js_request(make_events(1))
     status, _, rh = await post(http, hub, body, {**hdrs, "Origin": "https://player.example"})
@@ -147,7 +157,13 @@ BAD_BODIES = [
     (b'{"events":[' + b"[" * 100000 + b"]" * 100000 + b"]}", {}, 400, "ERR_BAD_REQUEST", "nested too deeply"),
     (b'{"events":[]} x', {}, 400, "ERR_BAD_REQUEST", "extra data"),
     (b"\x1f\x8b\x08garbage", {"Content-Encoding": "gzip"}, 400, "ERR_BAD_REQUEST", "not valid gzip"),
-    (gzip.compress(b'{"events":[{"mid":"a"}]}')[:-12], {"Content-Encoding": "gzip"}, 400, "ERR_BAD_REQUEST", "truncated gzip"),
+    (
+        gzip.compress(b'{"events":[{"mid":"a"}]}')[:-12],
+        {"Content-Encoding": "gzip"},
+        400,
+        "ERR_BAD_REQUEST",
+        "truncated gzip",
+    ),
     (b'{"events":[{}]}', {"Content-Encoding": "br"}, 415, "ERR_UNSUPPORTED_MEDIA_TYPE", "not supported"),
 ]
 
@@ -156,7 +172,15 @@ async def test_unreadable_event_is_quarantined_and_the_rest_stored(start_hub, ht
     """A 50,000-digit number is JSON, but no decoder here reads it: kept aside with the reason, not a 400."""
     hub = await start_hub()
     events = make_events(2)
-    body = b'{"events":[' + json.dumps(events[0]).encode() + b"," + b"9" * 50000 + b"," + json.dumps(events[1]).encode() + b"]}"
+    body = (
+        b'{"events":['
+        + json.dumps(events[0]).encode()
+        + b","
+        + b"9" * 50000
+        + b","
+        + json.dumps(events[1]).encode()
+        + b"]}"
+    )
     status, answer, _ = await post(http, hub, body, {"Content-Type": "application/json"})
     assert status == 200
     assert answer["result"]["accepted"] == 2
@@ -178,7 +202,9 @@ async def test_bad_envelopes_get_clear_sunbird_errors(start_hub, http, body, hea
 
 
 async def test_size_limits_give_413(start_hub, http):
-    hub = await start_hub(limits={"max_body_bytes": 20000, "max_decompressed_bytes": 100000, "max_events_per_request": 50})
+    hub = await start_hub(
+        limits={"max_body_bytes": 20000, "max_decompressed_bytes": 100000, "max_events_per_request": 50}
+    )
     big = json.dumps({"events": make_events(40)}).encode()
     assert len(big) > 20000
     status, answer, _ = await post(http, hub, big)
@@ -186,8 +212,11 @@ async def test_size_limits_give_413(start_hub, http):
     assert_sunbird_error(answer, "ERR_REQUEST_TOO_LARGE", "limits.max_body_bytes")
     # A gzip bomb: 1 GB of spaces after the events, 1 MB on the wire; cut off while streaming.
     comp = zlib.compressobj(9, zlib.DEFLATED, 31)
-    bomb = comp.compress(b'{"events":[{"mid":"b","eid":"LOG","ets":1}]') + b"".join(
-        comp.compress(b" " * 2**20) for _ in range(16)) + comp.flush()
+    bomb = (
+        comp.compress(b'{"events":[{"mid":"b","eid":"LOG","ets":1}]')
+        + b"".join(comp.compress(b" " * 2**20) for _ in range(16))
+        + comp.flush()
+    )
     assert len(bomb) < 20000
     status, answer, _ = await post(http, hub, bomb, {"Content-Encoding": "gzip"})
     assert status == 413
@@ -203,8 +232,17 @@ async def test_bad_events_are_quarantined_without_blocking_the_rest(start_hub, h
     good = make_events(3)
     huge = make_events(1)[0]
     huge["edata"]["message"] = "x" * 6000
-    events = [good[0], "a string", {"eid": "LOG", "ets": 1}, good[1], {"mid": "m", "eid": 5, "ets": 1},
-              {"mid": "n", "eid": "LOG", "ets": "yesterday"}, {"mid": "o", "eid": "LOG", "ets": True}, huge, good[2]]
+    events = [
+        good[0],
+        "a string",
+        {"eid": "LOG", "ets": 1},
+        good[1],
+        {"mid": "m", "eid": 5, "ets": 1},
+        {"mid": "n", "eid": "LOG", "ets": "yesterday"},
+        {"mid": "o", "eid": "LOG", "ets": True},
+        huge,
+        good[2],
+    ]
     status, answer, _ = await post(http, hub, json.dumps({"events": events}).encode())
     assert status == 200
     q = answer["result"]["quarantined"]

@@ -11,7 +11,6 @@ import time
 
 import aiohttp
 import pytest
-
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
 
@@ -76,7 +75,7 @@ async def test_sigterm_answers_every_request_in_flight(tmp_path):
         async def trickle():
             yield body[: len(body) // 2]
             await asyncio.sleep(1.0)  # SIGTERM lands while the body is still arriving
-            yield body[len(body) // 2:]
+            yield body[len(body) // 2 :]
 
         try:
             async with http.post(hub.url + "/api/data/v1/telemetry", data=trickle(), headers=headers) as r:

@@ -18,22 +18,12 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hub.config import ShareConfig
-from hub.errors import ShareFileError
-from hub.share import (
-    FORMAT_ARCHIVE,
-    FORMAT_GSA,
-    ShareLimits,
-    read_share_file,
-    write_archive,
-)
 from support.sharefiles import (
     DID,
-    MiB,
     PRODUCER,
     SAMPLE_ARCHIVE,
     SAMPLE_COUNTS,
+    MiB,
     RawEntry,
     build_archive,
     build_gsa,
@@ -50,6 +40,16 @@ from support.sharefiles import (
     stored_entry,
     write_zip,
     zip_bomb,
+)
+
+from hub.config import ShareConfig
+from hub.errors import ShareFileError
+from hub.share import (
+    FORMAT_ARCHIVE,
+    FORMAT_GSA,
+    ShareLimits,
+    read_share_file,
+    write_archive,
 )
 
 LIMITS = ShareLimits()
@@ -110,8 +110,9 @@ def test_built_archives(tmp_path: Path, style: str, mangled: bool) -> None:
 
 def test_archive_stored_entries_and_nested_folder(tmp_path: Path) -> None:
     arch = make_archive([event_bytes(3)])
-    write_zip(tmp_path / "a.zip", {f"archive-2024/{k}": v for k, v in arch.entries().items()},
-              method=zipfile.ZIP_STORED)
+    write_zip(
+        tmp_path / "a.zip", {f"archive-2024/{k}": v for k, v in arch.entries().items()}, method=zipfile.ZIP_STORED
+    )
     share = read_share_file(tmp_path / "a.zip", LIMITS)
     assert share.batches[0].mid == arch.mids[0] and len(share.batches[0].events) == 3
     assert any("inside folder" in p for p in share.problems)
@@ -169,7 +170,12 @@ def test_single_event_object_and_non_objects(tmp_path: Path) -> None:
     assert (share.format, all_events(share)) == ("ndjson", [b'{"eid":"LOG","mid":"m1"}'])
     (tmp_path / "mixed.json").write_bytes(b'[1, "x", null, {"eid":"LOG"}, [2]]')
     assert all_events(read_share_file(tmp_path / "mixed.json", LIMITS)) == [
-        b"1", b'"x"', b"null", b'{"eid":"LOG"}', b"[2]"]
+        b"1",
+        b'"x"',
+        b"null",
+        b'{"eid":"LOG"}',
+        b"[2]",
+    ]
 
 
 def test_format_detection_ignores_name(tmp_path: Path) -> None:
@@ -177,10 +183,15 @@ def test_format_detection_ignores_name(tmp_path: Path) -> None:
     build_gsa(tmp_path / "photo.zip", [event_bytes(2)])
     build_plain(tmp_path / "archive.zip", event_bytes(2), "ndjson", gzipped=True)
     build_plain(tmp_path / "legacy.gsa", event_bytes(2), "array")
-    got = {p: read_share_file(tmp_path / p, LIMITS).format for p in ("notes.txt", "photo.zip", "archive.zip",
-                                                                       "legacy.gsa")}
-    assert got == {"notes.txt": FORMAT_ARCHIVE, "photo.zip": FORMAT_GSA, "archive.zip": "ndjson+gzip",
-                   "legacy.gsa": "event-array-json"}
+    got = {
+        p: read_share_file(tmp_path / p, LIMITS).format for p in ("notes.txt", "photo.zip", "archive.zip", "legacy.gsa")
+    }
+    assert got == {
+        "notes.txt": FORMAT_ARCHIVE,
+        "photo.zip": FORMAT_GSA,
+        "archive.zip": "ndjson+gzip",
+        "legacy.gsa": "event-array-json",
+    }
 
 
 # ---- byte exactness ------------------------------------------------------------------------------------------
@@ -279,14 +290,16 @@ def _truncated(tmp: Path) -> tuple[Path, ShareLimits]:
 def _gzip_bomb_batch(tmp: Path) -> tuple[Path, ShareLimits]:
     arch = make_archive([event_bytes(1)])
     entries = [(k, v) for k, v in arch.entries().items() if k == "manifest.json"]
-    return raw_zip(tmp / "gzbomb.zip", [deflated_entry(*entries[0]), stored_entry(arch.mids[0],
-                                                                                gzip_zeros(1024 * MiB))]), LIMITS
+    return raw_zip(
+        tmp / "gzbomb.zip", [deflated_entry(*entries[0]), stored_entry(arch.mids[0], gzip_zeros(1024 * MiB))]
+    ), LIMITS
 
 
 def _gsa_variant(**kw) -> Case:
     def make(tmp: Path) -> tuple[Path, ShareLimits]:
         build_gsa(tmp / "tm_x.gsa", [event_bytes(5), event_bytes(3)], **kw)
         return tmp / "tm_x.gsa", LIMITS
+
     return make
 
 
@@ -294,24 +307,28 @@ def _file(name: str, data: bytes, limits: ShareLimits = LIMITS) -> Case:
     def make(tmp: Path) -> tuple[Path, ShareLimits]:
         (tmp / name).write_bytes(data)
         return tmp / name, limits
+
     return make
 
 
 def _zip_of(entries, name: str = "bad-archive.zip", limits: ShareLimits = LIMITS) -> Case:
     def make(tmp: Path) -> tuple[Path, ShareLimits]:
         return write_zip(tmp / name, entries() if callable(entries) else entries), limits
+
     return make
 
 
 def _set(key, value):
     def edit(m: dict, files: dict) -> None:
         _first(m)[key] = value
+
     return lambda tmp: (_archive_with(tmp, edit), LIMITS)
 
 
 def _batch_content(data: bytes) -> Case:
     def edit(m: dict, files: dict) -> None:
         files[_first(m)["file"]] = data
+
     return lambda tmp: (_archive_with(tmp, edit), LIMITS)
 
 
@@ -319,6 +336,7 @@ def _manifest(data: bytes) -> Case:
     def make(tmp: Path) -> tuple[Path, ShareLimits]:
         arch = make_archive([event_bytes(2)])
         return write_zip(tmp / "bad-archive.zip", {"manifest.json": data, **arch.files}), LIMITS
+
     return make
 
 
@@ -326,6 +344,7 @@ def _built(batches: list[list[bytes]], limits: ShareLimits) -> Case:
     def make(tmp: Path) -> tuple[Path, ShareLimits]:
         build_archive(tmp / "big.zip", batches)
         return tmp / "big.zip", limits
+
     return make
 
 
@@ -341,14 +360,18 @@ HOSTILE: dict[str, tuple[Case, str]] = {
     "zip-bomb-declared": (lambda tmp: (zip_bomb(tmp / "bomb.zip", declared=1024 * MiB), LIMITS), "declares"),
     "gzip-bomb-in-batch": (_gzip_bomb_batch, "zip bomb"),
     "gzip-bomb-plain": (_file("bomb.json.gz", gzip_zeros(1024 * MiB)), "zip bomb"),
-    "over-uncompressed-limit": (_built([event_bytes(200)] * 3, ShareLimits(max_uncompressed_bytes=300_000)),
-                                "share.max_uncompressed_bytes"),
+    "over-uncompressed-limit": (
+        _built([event_bytes(200)] * 3, ShareLimits(max_uncompressed_bytes=300_000)),
+        "share.max_uncompressed_bytes",
+    ),
     "dotdot-name": (_zip_of({"manifest.json": b"{}", "../evil": b"x"}), "'..'"),
     "absolute-name": (_zip_of({"/etc/cron.d/x": b"x", "manifest.json": b"{}"}), "absolute path"),
     "backslash-name": (_zip_of({"manifest.json": b"{}", "..\\evil": b"x"}), "backslash"),
     "duplicate-names": (_zip_of([("manifest.json", b"{}"), ("manifest.json", b"{}")]), "two entries"),
-    "encrypted-entry": (lambda tmp: (raw_zip(tmp / "enc.zip", [RawEntry(b"manifest.json", b"xx", 0, 0, 2, 1)]),
-                                     LIMITS), "encrypted"),
+    "encrypted-entry": (
+        lambda tmp: (raw_zip(tmp / "enc.zip", [RawEntry(b"manifest.json", b"xx", 0, 0, 2, 1)]), LIMITS),
+        "encrypted",
+    ),
     "too-many-entries": (_built([event_bytes(1)] * 6, ShareLimits(max_entries=5)), "share.max_entries"),
     "empty-zip": (_zip_of({}), "empty"),
     "no-manifest": (_zip_of({"abc": gzip.compress(b'{"events":[]}')}), "manifest.json is missing"),
@@ -362,26 +385,34 @@ HOSTILE: dict[str, tuple[Case, str]] = {
     "manifest-count-lies": (_set("eventsCount", 23), "says 23 events but the batch holds 22"),
     "batch-not-gzip": (_batch_content(b'{"events":[]}'), "is not gzip data"),
     "batch-corrupt-gzip": (_batch_content(gzip.compress(b'{"events":[]}')[:-6] + b"garbage"), "corrupt gzip"),
-    "batch-truncated-gzip": (_batch_content(gzip.compress(mobile_envelope(event_bytes(20), "m"))[:300]),
-                             "truncated"),
+    "batch-truncated-gzip": (_batch_content(gzip.compress(mobile_envelope(event_bytes(20), "m"))[:300]), "truncated"),
     "batch-bad-json": (_batch_content(gzip.compress(b'{"events":[{"eid":"LOG"},')), "not valid JSON"),
     "batch-not-utf8": (_batch_content(gzip.compress(b'{"events":[{"x":"\xff"}]}')), "not UTF-8"),
     "batch-not-envelope": (_batch_content(gzip.compress(b'{"eid":"LOG"}')), "not a telemetry envelope"),
-    "batch-events-not-array": (_batch_content(gzip.compress(b'{"events":{"a":1}}')), "'events' field that is not an array"),
+    "batch-events-not-array": (
+        _batch_content(gzip.compress(b'{"events":{"a":1}}')),
+        "'events' field that is not an array",
+    ),
     "batch-deep-json": (_batch_content(gzip.compress(DEEP)), "nested too deeply"),
     "batch-nan": (_batch_content(gzip.compress(b'{"events":[{"x":NaN}]}')), "NaN is not allowed"),
     "gsa-garbage": (_file("tm_x.gsa", b"SQLite format 3\x00" + os.urandom(3000)), "corrupt"),
     "gsa-no-tables": (_gsa_variant(tables=()), "table 'meta_data' is missing"),
     "gsa-no-telemetry-table": (_gsa_variant(tables=("meta_data",)), "table 'processed_telemetry' is missing"),
     "gsa-not-telemetry": (_gsa_variant(meta={"types": '["content"]'}), "holds no telemetry"),
-    "gsa-meta-without-types": (_gsa_variant(meta={k: None for k in ("version", "types", "did", "export_id",
-                                                            "events_count")}), "holds no telemetry"),
+    "gsa-meta-without-types": (
+        _gsa_variant(meta={k: None for k in ("version", "types", "did", "export_id", "events_count")}),
+        "holds no telemetry",
+    ),
     "gsa-row-count-lies": (_gsa_variant(counts=[5, 4]), "event_count says 4 events but the batch holds 3"),
     "gsa-total-lies": (_gsa_variant(meta={"events_count": "9"}), "events_count 9 but its batches hold 8"),
-    "too-large-file": (_file("big.json", b"[" + b"1," * 1000 + b"1]", ShareLimits(max_file_bytes=1000)),
-                       "share.max_file_bytes"),
-    "too-many-events": (_file("many.json", b"[" + b"1," * 1000 + b"1]", ShareLimits(max_events=100)),
-                        "share.max_events"),
+    "too-large-file": (
+        _file("big.json", b"[" + b"1," * 1000 + b"1]", ShareLimits(max_file_bytes=1000)),
+        "share.max_file_bytes",
+    ),
+    "too-many-events": (
+        _file("many.json", b"[" + b"1," * 1000 + b"1]", ShareLimits(max_events=100)),
+        "share.max_events",
+    ),
     "deep-json": (_file("deep.json", DEEP), "nested too deeply"),
     "nan": (_file("nan.json", b'[{"eid":"LOG","x":NaN}]'), "NaN is not allowed"),
     "infinity-ndjson": (_file("inf.ndjson", b'{"a":1}\n{"x":-Infinity}\n'), "-Infinity is not allowed"),
@@ -412,7 +443,7 @@ def test_hostile_files_are_refused(tmp_path: Path, case: str) -> None:
     assert msg.startswith(f"{path.name}: "), msg
     assert reason in msg, msg
     assert "internal error" not in msg
-    assert info.value.reason in msg  # type: ignore[attr-defined]
+    assert info.value.reason in msg
     assert peak < 48 * MiB, f"{case} used {peak / MiB:.0f} MiB"
     assert time.monotonic() - started < 5
 
@@ -441,8 +472,10 @@ def _bases() -> dict[str, bytes]:
 
 BASES = _bases()
 INNER = make_archive([odd_events(), event_bytes(2)])
-INNER_PARTS = {"manifest": json.dumps(INNER.manifest, indent=1).encode(),
-               "batch": gzip.decompress(INNER.files[INNER.mids[0]])}
+INNER_PARTS = {
+    "manifest": json.dumps(INNER.manifest, indent=1).encode(),
+    "batch": gzip.decompress(INNER.files[INNER.mids[0]]),
+}
 FUZZ_LIMITS = ShareLimits(max_uncompressed_bytes=4 * MiB, max_events=10_000, max_entries=50)
 OPS = ["flip", "set", "insert", "delete", "delete", "duplicate", "truncate"]
 
@@ -508,9 +541,13 @@ def test_fuzz_mutations(data: bytes) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=st.one_of(st.binary(max_size=400),
-                      st.sampled_from([b"PK\x03\x04", b"PK\x05\x06", b"SQLite format 3\x00", b"\x1f\x8b",
-                                       b"{", b"[", b"\xef\xbb\xbf"]).flatmap(
-                          lambda head: st.binary(max_size=300).map(lambda tail: head + tail))))
+@given(
+    data=st.one_of(
+        st.binary(max_size=400),
+        st.sampled_from(
+            [b"PK\x03\x04", b"PK\x05\x06", b"SQLite format 3\x00", b"\x1f\x8b", b"{", b"[", b"\xef\xbb\xbf"]
+        ).flatmap(lambda head: st.binary(max_size=300).map(lambda tail: head + tail)),
+    )
+)
 def test_fuzz_random_bytes(data: bytes) -> None:
     _check_fuzz(data)

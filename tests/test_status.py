@@ -10,27 +10,20 @@ import sys
 import time
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 import pytest
-
-from support.hubs import hub_config
-from support.events import js_request, make_events
-from hub.discovery import local_urls
-from hub.facts import page_needs_token
+from prometheus_client.parser import text_string_to_metric_families
 from support.drive import FAST as DRIVE_FAST
 from support.drive import send as post
 from support.drive import wait_for
+from support.events import js_request, make_events
+from support.hubs import hub_config
+
+from hub.discovery import local_urls
+from hub.facts import page_needs_token
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {**DRIVE_FAST, "timeout": 2.0, "auth_retry_interval": 300.0}
 HOSTILE = "<script>alert(1)</script>"
-
-
-
-
-
-
 
 
 async def populate(start_hub, http, upstream, **sections):
@@ -46,8 +39,10 @@ async def populate(start_hub, http, upstream, **sections):
     await post(http, hub, h, HOSTILE)
     await post(http, hub, a[:4], "tablet-a")  # sent twice: 4 duplicates
     await upstream.wait_unique(46)
-    await wait_for(lambda: hub.hub.store.stats.dead_letters == 1 and hub.hub.store.stats.backlog == 0,
-                   what="one dead letter, nothing waiting")
+    await wait_for(
+        lambda: hub.hub.store.stats.dead_letters == 1 and hub.hub.store.stats.backlog == 0,
+        what="one dead letter, nothing waiting",
+    )
     # Upstream now refuses the hub's key: new events wait in the backlog, and the page must say why.
     upstream.key = "rotated-key"
     late = make_events(7, did="tablet-a")
@@ -78,8 +73,15 @@ def data_n(page: str, element_id: str) -> int:
 async def test_page_shows_the_hubs_real_figures_and_why_it_needs_attention(start_hub, http, upstream):
     hub = await populate(start_hub, http, upstream)
     db = figures_from_db(hub)
-    assert db == {"received": 30 + 13 + 5 + 4 + 7, "duplicates": 4, "quarantined": 1, "delivered": 46,
-                  "backlog": 7, "dead_letters": 1, "devices": 3}
+    assert db == {
+        "received": 30 + 13 + 5 + 4 + 7,
+        "duplicates": 4,
+        "quarantined": 1,
+        "delivered": 46,
+        "backlog": 7,
+        "dead_letters": 1,
+        "devices": 3,
+    }
 
     async with http.get(hub.url + "/") as r:
         assert r.status == 200
@@ -111,17 +113,23 @@ async def test_page_shows_the_hubs_real_figures_and_why_it_needs_attention(start
     async with http.get(hub.url + "/status.json") as r:
         assert r.status == 200
         facts = await r.json()
-    assert {k: facts["events"][k] for k in ("received", "duplicates", "quarantined", "delivered", "backlog",
-                                            "dead_letters")} == {k: v for k, v in db.items() if k != "devices"}
+    assert {
+        k: facts["events"][k] for k in ("received", "duplicates", "quarantined", "delivered", "backlog", "dead_letters")
+    } == {k: v for k, v in db.items() if k != "devices"}
     assert facts["devices"]["count"] == 3 and {d["did"] for d in facts["devices"]["recent"]} == {
-        "tablet-a", "tablet-b", HOSTILE}
+        "tablet-a",
+        "tablet-b",
+        HOSTILE,
+    }
     assert facts["state"] == "attention" and not facts["healthy"]
     assert [p["code"] for p in facts["problems"] if p["severity"] == "warning"] == ["upstream-key-rejected"]
     assert facts["upstream"]["link"] == "auth-failed" and facts["upstream"]["last_error"].startswith("auth")
     assert facts["upstream"]["last_delivery_at"] > time.time() - 60
     assert facts["quarantine"]["top_reasons"] == [{"reason": "event has no 'mid' string", "count": 1}]
     assert len(facts["dead_letters"]["top_reasons"]) == 1
-    assert sum(h["received"] for h in facts["hourly"]) == 54  # new events: not duplicates, not quarantined and len(facts["hourly"]) == 24
+    assert (
+        sum(h["received"] for h in facts["hourly"]) == 54
+    )  # new events: not duplicates, not quarantined and len(facts["hourly"]) == 24
     assert facts["requests"]["by_status"] == {"200": 5}
 
     # /health keeps its meaning (the store takes writes: 200) and now says what else is wrong.
@@ -158,7 +166,9 @@ async def test_metrics_parse_and_match_the_store(start_hub, http, upstream):
     assert v("telemetry_hub_dead_letter_events") == db["dead_letters"]
     assert v("telemetry_hub_devices") == db["devices"]
     assert v("telemetry_hub_http_requests_total", status="200") == 5
-    assert v("telemetry_hub_upstream_link", state="auth-failed") == 1 and v("telemetry_hub_upstream_link", state="up") == 0
+    assert (
+        v("telemetry_hub_upstream_link", state="auth-failed") == 1 and v("telemetry_hub_upstream_link", state="up") == 0
+    )
     assert v("telemetry_hub_upstream_errors_total", kind="auth") >= 1
     assert v("telemetry_hub_upstream_errors_total", kind="bad-request") >= 1
     # Histograms fed by the hooks: every upstream request and every commit observed once.
@@ -169,8 +179,11 @@ async def test_metrics_parse_and_match_the_store(start_hub, http, upstream):
     assert v("telemetry_hub_store_bytes") > 0 and v("telemetry_hub_store_accepting") == 1
     # A second scrape reads the same figures: nothing is counted twice.
     async with http.get(hub.url + "/metrics") as r:
-        again = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                 for f in text_string_to_metric_families(await r.text()) for s in f.samples}
+        again = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(await r.text())
+            for s in f.samples
+        }
     assert again[("telemetry_hub_events_received_total", ())] == db["received"]
 
 
@@ -201,7 +214,7 @@ async def test_the_page_asks_for_the_token_when_configured(start_hub, http):
         assert r.status == 200
         page = await r.text()
         cookie = r.headers["Set-Cookie"]
-    assert token not in page and "id=\"backlog\"" in page
+    assert token not in page and 'id="backlog"' in page
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
     async with http.get(hub.url + "/status.json", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200 and token not in await r.text()
@@ -253,10 +266,13 @@ def test_token_rule_auto_means_yes_unless_loopback(tmp_path):
 
 @pytest.mark.slow
 async def test_unreachable_upstream_with_a_backlog_is_reported_after_health_upstream_down_minutes(
-        start_hub, http, upstream):
+    start_hub, http, upstream
+):
     await upstream.down()
-    hub = await start_hub(upstream={"url": upstream.base_url, **FAST, "backoff_initial": 30, "backoff_max": 60},
-                          health={"upstream_down_minutes": 0.1})
+    hub = await start_hub(
+        upstream={"url": upstream.base_url, **FAST, "backoff_initial": 30, "backoff_max": 60},
+        health={"upstream_down_minutes": 0.1},
+    )
     await post(http, hub, make_events(3, did="tablet-a"), "tablet-a")
     await wait_for(lambda: hub.hub.forwarder.state.link == "down", what="the link down")
 
@@ -305,8 +321,13 @@ async def test_a_full_store_is_failing_everywhere(start_hub, http):
 async def cli(*args: str) -> tuple[int, str, str]:
     """Run `telemetry-hub ...` as branch IT would, in a subprocess (the hub runs in this event loop)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hub", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "hub",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return proc.returncode, out.decode(), err.decode()
@@ -349,8 +370,9 @@ async def test_cli_status_prints_the_facts_and_exits_by_health(start_hub, http):
 
 async def test_sync_now_with_a_wrong_token_says_so_on_the_page(start_hub, http):
     hub = await start_hub()
-    async with http.post(hub.url + "/admin/sync", data={"token": "wrong"}, headers={"Accept": "text/html"},
-                         allow_redirects=False) as r:
+    async with http.post(
+        hub.url + "/admin/sync", data={"token": "wrong"}, headers={"Accept": "text/html"}, allow_redirects=False
+    ) as r:
         assert r.status == 303 and r.headers["Location"] == "/?synced=denied"
     async with http.get(hub.url + "/?synced=denied") as r:
         page = await r.text()

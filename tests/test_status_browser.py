@@ -5,14 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-
 import pytest
-
 from support.cdp import Browser, chromium_or_skip
-from support.events import make_events
 from support.drive import FAST as DRIVE_FAST
 from support.drive import send as post
 from support.drive import wait_for
+from support.events import make_events
 
 pytestmark = pytest.mark.slow  # a real browser
 
@@ -21,12 +19,6 @@ PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
 LAPTOP = {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False}
 FAST = {**DRIVE_FAST, "timeout": 2.0, "auth_retry_interval": 300.0}
 HOSTILE = "<img src=x onerror=document.title='owned'>"
-
-
-
-
-
-
 
 
 async def figure(browser: Browser, element_id: str) -> int:
@@ -56,8 +48,7 @@ async def test_status_page_in_a_browser_shows_the_figures_and_sync_now_delivers(
     await wait_for(lambda: hub.hub.forwarder.state.link == "auth-failed", what="the key refused")
     stats = hub.hub.store.stats
 
-    browser = await Browser.launch(tmp_path / "chromium", binary=binary, width=LAPTOP["width"],
-                                   height=LAPTOP["height"])
+    browser = await Browser.launch(tmp_path / "chromium", binary=binary, width=LAPTOP["width"], height=LAPTOP["height"])
     try:
         await browser.goto(hub.url + "/")
         assert await figure(browser, "backlog") == stats.backlog == 25

@@ -9,12 +9,12 @@ import asyncio
 import sqlite3
 
 import pytest
+from reliability.helpers import version_2_store
 
 from hub.config import StoreConfig
 from hub.store import SCHEMA_VERSION, Store
 from hub.store.migrations import _MIGRATIONS
 from hub.telemetry import Checked, Event
-from reliability.helpers import version_2_store
 
 
 def _rows(store: Store, sql: str) -> list[tuple]:
@@ -37,9 +37,9 @@ def _event(mid: str) -> Event:
 async def test_wal_and_full_sync(store):
     rows = _rows(store, "PRAGMA journal_mode")
     assert rows == [("wal",)]
-    sync = await (await store._db.execute("PRAGMA synchronous")).fetchone()  # type: ignore[union-attr]
+    sync = await (await store._db.execute("PRAGMA synchronous")).fetchone()
     assert sync == (2,)  # FULL
-    auto_vacuum = await (await store._db.execute("PRAGMA auto_vacuum")).fetchone()  # type: ignore[union-attr]
+    auto_vacuum = await (await store._db.execute("PRAGMA auto_vacuum")).fetchone()
     assert auto_vacuum == (2,)  # INCREMENTAL, so retention can give space back
 
 
@@ -47,8 +47,8 @@ async def test_wal_is_checkpointed_in_larger_steps_within_the_cap(open_store, tm
     """32 MiB of WAL between checkpoints by default, but never more than 1/16 of a small cap."""
     for max_bytes, want in ((StoreConfig().max_bytes, 32 * 2**20), (128 * 2**20, 8 * 2**20), (2**20, 4 * 2**20)):
         store = await open_store(tmp_path / f"hub-{max_bytes}.db", StoreConfig(max_bytes=max_bytes))
-        pages = await (await store._db.execute("PRAGMA wal_autocheckpoint")).fetchone()  # type: ignore[union-attr]
-        limit = await (await store._db.execute("PRAGMA journal_size_limit")).fetchone()  # type: ignore[union-attr]
+        pages = await (await store._db.execute("PRAGMA wal_autocheckpoint")).fetchone()
+        limit = await (await store._db.execute("PRAGMA journal_size_limit")).fetchone()
         assert (pages[0] * 4096, limit[0]) == (want, want)
 
 
@@ -57,7 +57,9 @@ async def test_migrates_a_version_1_database_keeping_its_events(open_store, tmp_
     con = sqlite3.connect(path)
     con.executescript(_MIGRATIONS[0])
     con.execute("PRAGMA user_version=1")
-    con.execute("INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES ('old', 'LOG', 1, 1, 'api', x'7b7d')")
+    con.execute(
+        "INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES ('old', 'LOG', 1, 1, 'api', x'7b7d')"
+    )
     con.commit()
     con.close()
     store = await open_store(path)
@@ -77,13 +79,20 @@ async def test_migrates_a_version_2_database_keeping_bytes_batches_and_deliverie
     con.executemany(
         "INSERT INTO events (seq, mid, eid, ets, channel, pdata_id, received_at, source, raw, batch_id, delivered_at)"
         " VALUES (?, ?, 'LOG', 1, 'ch', 'app', 1, 'api', ?, ?, ?)",
-        [(1, "sent", b'{"a":1}', None, 5), (2, "in-flight", b'{"b":2}', 7, None), (4, "waiting", b'{"c":3}', None, None)],
+        [
+            (1, "sent", b'{"a":1}', None, 5),
+            (2, "in-flight", b'{"b":2}', 7, None),
+            (4, "waiting", b'{"c":3}', None, None),
+        ],
     )
     con.commit()
     con.close()
     store = await open_store(path)
     assert _rows(store, "SELECT seq, mid, raw, batch_id, delivered_at FROM stored_events ORDER BY seq") == [
-        (1, "sent", b'{"a":1}', None, 5), (2, "in-flight", b'{"b":2}', 7, None), (4, "waiting", b'{"c":3}', None, None)]
+        (1, "sent", b'{"a":1}', None, 5),
+        (2, "in-flight", b'{"b":2}', 7, None),
+        (4, "waiting", b'{"c":3}', None, None),
+    ]
     assert _rows(store, "SELECT name FROM pragma_table_info('events') WHERE name = 'raw'") == []
     assert (store.stats.backlog, store.stats.stored_total) == (2, 4)
     # The unfinished batch is resumed with its msgid, then the waiting event gets a batch of its own.
@@ -92,8 +101,11 @@ async def test_migrates_a_version_2_database_keeping_bytes_batches_and_deliverie
     r = await store.add(Checked(events=[_event("waiting"), _event("new")]), source="test")
     assert (r.new, r.duplicates) == (1, 1)
     # Every event row has its bytes and no bytes are left without a row (the duplicate stored none).
-    assert _rows(store, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_raw),"
-                                " (SELECT count(*) FROM stored_events WHERE mid = 'new')") == [(4, 4, 1)]
+    assert _rows(
+        store,
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_raw),"
+        " (SELECT count(*) FROM stored_events WHERE mid = 'new')",
+    ) == [(4, 4, 1)]
 
 
 async def test_requests_sharing_a_commit_get_their_own_duplicate_counts(store):
@@ -102,8 +114,9 @@ async def test_requests_sharing_a_commit_get_their_own_duplicate_counts(store):
     # 100 rows in all: insert statements of 64 rows cross from one request into the next.
     first = [_event(f"a{i}") for i in range(50)]
     second = [_event("a10"), _event("old"), *(_event(f"b{i}") for i in range(46)), _event("b3"), _event("a49")]
-    r1, r2 = await asyncio.gather(store.add(Checked(events=first), source="test"),
-                                  store.add(Checked(events=second), source="test"))
+    r1, r2 = await asyncio.gather(
+        store.add(Checked(events=first), source="test"), store.add(Checked(events=second), source="test")
+    )
     assert store.stats.commits == commits + 1  # one group commit
     assert ((r1.new, r1.duplicates), (r2.new, r2.duplicates)) == ((50, 0), (46, 4))
     rows = _rows(store, "SELECT mid, raw FROM stored_events ORDER BY seq")
@@ -141,7 +154,7 @@ async def test_writes_after_close_are_refused_not_lost(store):
     await store.close()
     try:
         await store.add(Checked(events=[_event("late")]), source="test")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert "shutting down" in str(exc)
     else:
         raise AssertionError("a write after close was accepted")

@@ -159,11 +159,7 @@ def test_security_exposure(analyze: str, local_unit: Path) -> None:
     assert m, f"no exposure score in systemd-analyze output (exit {proc.returncode}):\n{text}"
     score, band = float(m.group(1)), m.group(2)
     print(f"systemd-analyze security --offline=yes {UNIT_NAME}: exposure {score} {band}")
-    failing = {
-        line[1:].strip().split()[0]
-        for line in proc.stdout.splitlines()
-        if line.startswith("✗")
-    }
+    failing = {line[1:].strip().split()[0] for line in proc.stdout.splitlines() if line.startswith("✗")}
     unexpected = sorted(failing - ACCEPTED_EXPOSURES)
     assert not unexpected, f"hardening lost (or new check in this systemd): {unexpected}\n{text}"
     assert score <= MAX_EXPOSURE, f"exposure {score} {band} is above {MAX_EXPOSURE}\n{text}"

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from support.cdp import Browser, chromium_or_skip
 from support.sharefiles import SAMPLE_ARCHIVE, SAMPLE_COUNTS, build_archive, event_bytes
 
@@ -42,7 +41,9 @@ async def test_phone_browser_uploads_files_and_reads_the_report(start_hub, tmp_p
         await browser.fill("#token", "not-the-token")
         await browser.set_files("#file", [sample])
         await browser.click("#submit")
-        await browser.wait_for("document.querySelector('h1') && /Nothing/.test(document.querySelector('h1').textContent)")
+        await browser.wait_for(
+            "document.querySelector('h1') && /Nothing/.test(document.querySelector('h1').textContent)"
+        )
         assert "wrong admin token" in await browser.eval("document.body.innerText")
         assert hub.rows("SELECT count(*) FROM events") == [(0,)]
         await browser.click("a.button")

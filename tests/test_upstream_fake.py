@@ -12,7 +12,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-
 from support.upstream import FakeUpstream
 
 KEY = "test-key"
@@ -71,7 +70,13 @@ async def test_gzip_and_plain_bodies_are_recorded(upstream: FakeUpstream, http: 
     assert upstream.mids == {"a", "b", "c"}
     assert [e["mid"] for e in upstream.events] == ["a", "b", "b", "c"]
     first, second = upstream.batches
-    assert (first.msgid, first.mid, first.did, first.content_encoding, first.event_count) == ("m1", "m1", "hub-1", "gzip", 2)
+    assert (first.msgid, first.mid, first.did, first.content_encoding, first.event_count) == (
+        "m1",
+        "m1",
+        "hub-1",
+        "gzip",
+        2,
+    )
     assert (first.channel_id, first.app_id, first.device_id) == ("chan", "hub.app", "hub-1")
     assert first.wire_bytes == len(gz_body(batch(["a", "b"], "m1")))
     assert second.content_encoding is None and second.mids == ["b", "c"]
@@ -108,7 +113,9 @@ async def test_fail_rate_gives_500_and_records_nothing(upstream: FakeUpstream, h
     assert upstream.mids == set() and upstream.batches == []
 
 
-async def test_hang_times_the_client_out_and_records_nothing(upstream: FakeUpstream, http: aiohttp.ClientSession) -> None:
+async def test_hang_times_the_client_out_and_records_nothing(
+    upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
     upstream.hang_seconds = 3.0
     with pytest.raises(asyncio.TimeoutError):
         async with http.post(
@@ -300,8 +307,13 @@ async def test_attempts_and_redeliveries_are_recorded(upstream: FakeUpstream, ht
     async with http.post(upstream.url, data=gz_body(batch(["x"])), headers=headers(key="wrong")) as r:
         assert r.status == 401
     assert [(a.status, a.msgid, a.mids) for a in upstream.attempts] == [
-        (500, "m1", ["a", "b"]), (None, "m1", ["a", "b"]), (200, "m1", ["a", "b"]), (200, "m1", ["a", "b"]),
-        (200, "m2", ["b", "c"]), (401, None, None)]
+        (500, "m1", ["a", "b"]),
+        (None, "m1", ["a", "b"]),
+        (200, "m1", ["a", "b"]),
+        (200, "m1", ["a", "b"]),
+        (200, "m2", ["b", "c"]),
+        (401, None, None),
+    ]
     assert all(x.at <= y.at for x, y in zip(upstream.attempts, upstream.attempts[1:]))
     assert upstream.redelivered() == {"a": 2, "b": 3}
     assert upstream.foreign_redeliveries() == {"b": {"m1", "m2"}}
@@ -310,7 +322,9 @@ async def test_attempts_and_redeliveries_are_recorded(upstream: FakeUpstream, ht
     assert upstream.changed_retries() == {"m1": [["a", "b"], ["a"]]}
 
 
-async def test_up_right_after_reset_faults_ends_a_flap_while_down(upstream: FakeUpstream, http: aiohttp.ClientSession) -> None:
+async def test_up_right_after_reset_faults_ends_a_flap_while_down(
+    upstream: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
     """reset_faults() lets the cancelled flap bring the link up; an up() at once must not race it for the port."""
     for _ in range(5):
         flapping = upstream.flap(0.05, 10.0)

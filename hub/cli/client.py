@@ -77,8 +77,10 @@ class HubClient:
             raise
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise HubError(f"cannot reach the hub at {self.url} ({reason}); is it running? "
-                           "(`systemctl status telemetry-hub`, or pass --url)") from None
+            raise HubError(
+                f"cannot reach the hub at {self.url} ({reason}); is it running? "
+                "(`systemctl status telemetry-hub`, or pass --url)"
+            ) from None
 
     def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[int, Any]:
         """Send one request; return (status, parsed JSON answer)."""
@@ -99,9 +101,13 @@ class HubClient:
     def upload(self, path: str, files: Sequence[Path]) -> Any:
         """POST files as multipart/form-data, streamed from disk (never whole in memory); the JSON answer."""
         boundary = uuid.uuid4().hex
-        heads = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                  f"filename=\"{urllib.parse.quote(f.name)}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                  ).encode() for f in files]
+        heads = [
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{urllib.parse.quote(f.name)}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            for f in files
+        ]
         end = f"--{boundary}--\r\n".encode()
         length = sum(len(h) + f.stat().st_size + 2 for h, f in zip(heads, files, strict=True)) + len(end)
 

@@ -23,12 +23,17 @@ def setup_logging(level: str) -> None:
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"line": {"format": fmt}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
+            "handlers": {
+                "stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}
+            },
             "root": {"handlers": ["stderr"], "level": level.upper()},
             # APScheduler logs every job run at INFO: a probe every few seconds would flood the journal.
             # aiosqlite logs every statement at DEBUG: unreadable even when debugging the hub.
-            "loggers": {"aiohttp.access": {"level": "WARNING"}, "apscheduler": {"level": "WARNING"},
-                        "aiosqlite": {"level": "INFO"}},
+            "loggers": {
+                "aiohttp.access": {"level": "WARNING"},
+                "apscheduler": {"level": "WARNING"},
+                "aiosqlite": {"level": "INFO"},
+            },
         }
     )
 
@@ -55,12 +60,17 @@ def config_from(args: argparse.Namespace) -> Config:
 def client_for(args: argparse.Namespace, cfg: Config | None = None) -> HubClient:
     """A client for --url (or the hub the config describes) carrying the admin token (see hub.secrets)."""
     cfg = cfg or config_from(args)
-    return HubClient(getattr(args, "url", None) or local_url(cfg), secrets.admin_token(cfg, getattr(args, "token", None)))
+    return HubClient(
+        getattr(args, "url", None) or local_url(cfg), secrets.admin_token(cfg, getattr(args, "token", None))
+    )
 
 
 def remote_options(p: argparse.ArgumentParser) -> None:
     """--url, --token and --json for commands that talk to a running hub."""
     p.add_argument("--url", help="the hub's URL (default: the one the local config describes)")
-    p.add_argument("--token", help="admin token (default: auth.admin_token_file, else $TELEMETRY_HUB_ADMIN_TOKEN, "
-                                   "else <data_dir>/admin-token)")
+    p.add_argument(
+        "--token",
+        help="admin token (default: auth.admin_token_file, else $TELEMETRY_HUB_ADMIN_TOKEN, "
+        "else <data_dir>/admin-token)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")

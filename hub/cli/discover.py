@@ -29,18 +29,35 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         return 0 if urls else 1
     hubs = asyncio.run(find_hubs(args.timeout))
     if args.json:
-        print(json.dumps([{"name": h.name, "addresses": list(h.addresses), "port": h.port,
-                           "properties": h.properties, "urls": h.urls()} for h in hubs], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": h.name,
+                        "addresses": list(h.addresses),
+                        "port": h.port,
+                        "properties": h.properties,
+                        "urls": h.urls(),
+                    }
+                    for h in hubs
+                ],
+                indent=2,
+            )
+        )
         return 0 if hubs else 1
     if not hubs:
-        print(f"no telemetry hub answered on this network within {args.timeout:g} s "
-              "(multicast may be blocked; try `telemetry-hub discover --self` on the hub)")
+        print(
+            f"no telemetry hub answered on this network within {args.timeout:g} s "
+            "(multicast may be blocked; try `telemetry-hub discover --self` on the hub)"
+        )
         return 1
     for h in hubs:
         p = h.properties
         print(f"{h.name}")
-        print(f"  branch {p.get('name', '?')}  hub id {p.get('hub', '?')}  "
-              f"key needed: {'yes' if p.get('auth') == '1' else 'no'}")
+        print(
+            f"  branch {p.get('name', '?')}  hub id {p.get('hub', '?')}  "
+            f"key needed: {'yes' if p.get('auth') == '1' else 'no'}"
+        )
         if p.get("tls"):
             print(f"  TLS certificate SHA-256: {p['tls']}")
         for url in h.urls():

@@ -70,9 +70,12 @@ def add_commands(sub: Any) -> None:
     sync.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
     sync.set_defaults(func=_cmd_sync)
 
-    status = sub.add_parser("status", help="how the running hub is doing (exit status 1 unless healthy)",
-                            description="Ask the running hub how it is doing. Exit status: 0 healthy, "
-                                        "1 unhealthy (the reasons are printed) or unreachable.")
+    status = sub.add_parser(
+        "status",
+        help="how the running hub is doing (exit status 1 unless healthy)",
+        description="Ask the running hub how it is doing. Exit status: 0 healthy, "
+        "1 unhealthy (the reasons are printed) or unreachable.",
+    )
     remote_options(status)
     status.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the hub's answer")
     status.set_defaults(func=_cmd_status)

@@ -31,10 +31,17 @@ def format_text(facts: Mapping[str, Any], url: str = "") -> str:
     if up["last_error"]:
         lines.append(("Last error", f"{up['last_error']} ({ago(up['last_error_at'], now)})"))
     lines.append(("Delivered", f"{thousands(ev['delivered'])} events"))
-    lines.append(("Received", f"{thousands(ev['received'])} events in all ({thousands(ev['duplicates'])} duplicates, "
-                              f"{thousands(ev['quarantined'])} quarantined)"))
+    lines.append(
+        (
+            "Received",
+            f"{thousands(ev['received'])} events in all ({thousands(ev['duplicates'])} duplicates, "
+            f"{thousands(ev['quarantined'])} quarantined)",
+        )
+    )
     day = facts["last_24h"]
-    lines.append(("Last 24 h", f"{thousands(day['received'])} new events received, {thousands(day['delivered'])} delivered"))
+    lines.append(
+        ("Last 24 h", f"{thousands(day['received'])} new events received, {thousands(day['delivered'])} delivered")
+    )
     latest = dev["recent"][0] if dev["recent"] else None
     seen = f" (latest {latest['did']}, {ago(latest['last_seen'], now)})" if latest else ""
     lines.append(("Devices", f"{thousands(dev['count'])}{seen}"))
@@ -43,8 +50,13 @@ def format_text(facts: Mapping[str, Any], url: str = "") -> str:
         top = "; ".join(f"{r['reason']} ({thousands(r['count'])})" for r in part["top_reasons"][:3])
         lines.append((label, f"{thousands(part['count'])}" + (f": {top}" if top else "")))
     used = f" ({100 * st['used_fraction']:.0f}%)" if st["used_fraction"] is not None else ""
-    lines.append(("Storage", f"{size_text(st['db_bytes'])} of {size_text(st['max_bytes'])} cap{used}; "
-                             f"{size_text(st['free_bytes'])} free on disk"))
+    lines.append(
+        (
+            "Storage",
+            f"{size_text(st['db_bytes'])} of {size_text(st['max_bytes'])} cap{used}; "
+            f"{size_text(st['free_bytes'])} free on disk",
+        )
+    )
     for i, device_url in enumerate(facts["device_urls"]):
         lines.append(("Device URL" if i == 0 else "", device_url))
     if facts.get("device_urls_note"):

@@ -139,8 +139,12 @@ class Forwarder:
     async def sync_now(self, timeout: float = 60.0) -> dict[str, Any]:
         """Deliver at once, ignoring backoff and windows; report what happened within `timeout`."""
         if self.sink is None:
-            return {"ok": False, "delivered": 0, "backlog": self.store.stats.backlog,
-                    "error": "no upstream.url configured"}
+            return {
+                "ok": False,
+                "delivered": 0,
+                "backlog": self.store.stats.backlog,
+                "error": "no upstream.url configured",
+            }
         before = self.state.delivered
         errors_before = sum(self.state.errors.values())
         self._force = True
@@ -184,8 +188,11 @@ class Forwarder:
                 raise
             except (StoreFull, StoreClosed, sqlite3.OperationalError) as exc:
                 # The disk is full or busy: recording a delivery needs a write. Nothing is lost; wait.
-                self._warn_once("store", f"cannot record deliveries in the store ({exc}); delivery pauses "
-                                         "until the store takes writes again")
+                self._warn_once(
+                    "store",
+                    f"cannot record deliveries in the store ({exc}); delivery pauses "
+                    "until the store takes writes again",
+                )
                 await self._sleep(max(1.0, self._backoff()))
             except Exception:  # a bug must not end delivery for good: log it, back off, go on
                 log.exception("forwarder error (will retry); please report this")
@@ -271,8 +278,9 @@ class Forwarder:
         limit = self.state.batch_limit
         counters = self._unsaved()
         try:
-            taken = await self.store.take_batch(limit, self.sink.max_json_bytes, exclude,
-                                                delivered=[b.id for b in record], counters=counters)
+            taken = await self.store.take_batch(
+                limit, self.sink.max_json_bytes, exclude, delivered=[b.id for b in record], counters=counters
+            )
         except BaseException:
             # Nothing of it was committed: keep both for the next write (the batch is not sent again).
             self._unsaved_bytes += sum(counters.values())
@@ -352,38 +360,52 @@ class Forwarder:
                 return
             s.batch_limit = max(1, len(rows) // 2)
             await self.store.release_tail(batch.id, s.batch_limit)
-            log.warning("upstream refused a batch of %d events as too large; sending %d per batch from now on",
-                        len(rows), s.batch_limit)
+            log.warning(
+                "upstream refused a batch of %d events as too large; sending %d per batch from now on",
+                len(rows),
+                s.batch_limit,
+            )
             return
         if o.kind == "bad-request":
             if len(rows) == 1:
                 n = await self.store.dead_letter(batch.id, f"upstream answered {o.status}: {o.message}")
                 s.dead_lettered += n
-                log.error("upstream refused event %s (%s); moved to dead letters, see `telemetry-hub dead-letter list`",
-                          rows[0][1], o.message)
+                log.error(
+                    "upstream refused event %s (%s); moved to dead letters, see `telemetry-hub dead-letter list`",
+                    rows[0][1],
+                    o.message,
+                )
                 return
             # Bisect: the halves are retried separately until the refused events stand alone.
             await self.store.split_batch(batch.id, len(rows) // 2)
-            log.info("upstream refused a batch of %d events (%s); splitting it to find the bad ones",
-                     len(rows), o.message)
+            log.info(
+                "upstream refused a batch of %d events (%s); splitting it to find the bad ones", len(rows), o.message
+            )
             return
         if o.kind == "auth":
             s.link = "auth-failed"
-            self._warn_once("auth", f"upstream rejected the API key (HTTP {o.status}); nothing is lost. "
-                                    "Fix the key in upstream.api_key_file; the hub retries by itself")
+            self._warn_once(
+                "auth",
+                f"upstream rejected the API key (HTTP {o.status}); nothing is lost. "
+                "Fix the key in upstream.api_key_file; the hub retries by itself",
+            )
             await self._wait_for_key()
             return
         self._failures += 1
         if o.kind == "network":
             s.link = "down"
             self._link_up.clear()
-            self._warn_once("network", f"upstream unreachable ({o.message}); events are kept and sent "
-                                       "when the link returns. Check the WAN link")
+            self._warn_once(
+                "network",
+                f"upstream unreachable ({o.message}); events are kept and sent "
+                "when the link returns. Check the WAN link",
+            )
             return
         delay = o.retry_after if o.retry_after is not None else self._backoff()
         s.link = "up"
-        self._warn_once(o.kind, f"upstream answered {o.status} ({o.message}); retrying in {delay:.0f} s, "
-                                "events are kept")
+        self._warn_once(
+            o.kind, f"upstream answered {o.status} ({o.message}); retrying in {delay:.0f} s, events are kept"
+        )
         await self._sleep(delay)
 
     async def _wait_for_key(self) -> None:

@@ -12,6 +12,7 @@ Every format's JSON is split by hub.telemetry.RawSplitter, the device API's spli
 from __future__ import annotations
 
 from .archive import write_archive
+from .exporter import EXPORT_PRODUCER, NothingToExport, export_archive, parse_since
 from .formats import (
     ARCHIVE_ID,
     FORMAT_ARCHIVE,
@@ -24,10 +25,8 @@ from .formats import (
     ShareFile,
     ShareLimits,
 )
-from .reader import read_share_file
-
-from .exporter import EXPORT_PRODUCER, NothingToExport, export_archive, parse_since
 from .importer import Importer
+from .reader import read_share_file
 from .report import ImportReport, clean_name, format_name
 
 __all__ = [

@@ -81,7 +81,7 @@ def _check_directory_size(r: Reader, f: BinaryIO) -> None:
         f.seek(0)
     if not rec:
         return
-    entries, cd_size = rec[zipfile._ECD_ENTRIES_TOTAL], rec[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    entries, cd_size = rec[zipfile._ECD_ENTRIES_TOTAL], rec[zipfile._ECD_SIZE]  # type: ignore[attr-defined]  # zipfile's record offsets
     if entries > r.limits.max_entries or cd_size > r.limits.max_entries * 512:
         _fail(f"the ZIP has {entries} entries, more than the {r.limits.max_entries} limit (share.max_entries)")
 

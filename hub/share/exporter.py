@@ -37,15 +37,15 @@ def parse_since(value: str) -> int:
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"since: {value!r} is neither an ISO date/time (2024-05-01, 2024-05-01T08:00) "
-                         "nor epoch milliseconds") from None
+        raise ValueError(
+            f"since: {value!r} is neither an ISO date/time (2024-05-01, 2024-05-01T08:00) nor epoch milliseconds"
+        ) from None
     if when.tzinfo is None:
         when = when.astimezone()  # naive means the hub's local time
     return int(when.timestamp() * 1000)
 
 
-def _batches(events: Iterable[bytes], counter: list[int], batch_events: int,
-             batch_bytes: int) -> Iterator[list[bytes]]:
+def _batches(events: Iterable[bytes], counter: list[int], batch_events: int, batch_bytes: int) -> Iterator[list[bytes]]:
     """Events cut into batches by count and size, one batch in memory at a time."""
     batch: list[bytes] = []
     size = 0
@@ -60,8 +60,16 @@ def _batches(events: Iterable[bytes], counter: list[int], batch_events: int,
         yield batch
 
 
-def export_archive(db_path: Path, out: Path, *, hub_id: str, pending: bool = True, since_ms: int | None = None,
-                   batch_events: int = _EXPORT_BATCH_EVENTS, batch_bytes: int = _EXPORT_BATCH_BYTES) -> ExportReport:
+def export_archive(
+    db_path: Path,
+    out: Path,
+    *,
+    hub_id: str,
+    pending: bool = True,
+    since_ms: int | None = None,
+    batch_events: int = _EXPORT_BATCH_EVENTS,
+    batch_bytes: int = _EXPORT_BATCH_BYTES,
+) -> ExportReport:
     """Write the store's events to a telemetry archive ZIP (blocking; run it in a thread). Marks nothing delivered.
 
     The store's export cursor has a read-only connection of its own, so the hub's writer and readers

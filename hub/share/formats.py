@@ -93,8 +93,8 @@ def _fail(reason: str) -> NoReturn:
 
 def _error(path: Path, reason: str) -> ShareFileError:
     err = ShareFileError(f"{path.name}: {reason}")
-    err.path = path  # type: ignore[attr-defined]
-    err.reason = reason  # type: ignore[attr-defined]
+    err.path = path  # type: ignore[attr-defined]  # extra context for callers that show the file
+    err.reason = reason  # type: ignore[attr-defined]  # the reason without our temp file name
     return err
 
 

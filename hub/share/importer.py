@@ -119,9 +119,17 @@ class Importer:
 
     @staticmethod
     def _failed(report: ImportReport, error: str) -> ImportReport:
-        return ImportReport(file=report.file, sha256=report.sha256, format=report.format, batches=report.batches,
-                            manifest_events=report.manifest_events, found=report.found, problems=report.problems,
-                            device=report.device, error=error)
+        return ImportReport(
+            file=report.file,
+            sha256=report.sha256,
+            format=report.format,
+            batches=report.batches,
+            manifest_events=report.manifest_events,
+            found=report.found,
+            problems=report.problems,
+            device=report.device,
+            error=error,
+        )
 
     async def _seen(self, report: ImportReport, sha256: str | None = None) -> bool:
         """Fill the report from the ledger if this content was imported before."""
@@ -149,8 +157,12 @@ class Importer:
                 if why is not None:
                     unparsed[i] = why
                 items.append((obj, raw))
-            part = check_events(items, max_event_bytes=self.cfg.limits.max_event_bytes, schema=self.schema,
-                                strict=self.cfg.store.strict_schema)
+            part = check_events(
+                items,
+                max_event_bytes=self.cfg.limits.max_event_bytes,
+                schema=self.schema,
+                strict=self.cfg.store.strict_schema,
+            )
             out.events.extend(part.events)
             for q in part.quarantined:
                 reason = f"event {q.index} {unparsed[q.index]}" if q.index in unparsed else q.reason
@@ -192,6 +204,14 @@ class Importer:
                 report = json.loads(entry.report)
             except ValueError:
                 report = None
-            out.append({"sha256": entry.sha256, "name": entry.name, "imported_at": iso_time(entry.imported_at),
-                        "imported_at_ms": entry.imported_at, "format": entry.format, "report": report})
+            out.append(
+                {
+                    "sha256": entry.sha256,
+                    "name": entry.name,
+                    "imported_at": iso_time(entry.imported_at),
+                    "imported_at_ms": entry.imported_at,
+                    "format": entry.format,
+                    "report": report,
+                }
+            )
         return out

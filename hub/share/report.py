@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .formats import FORMAT_ARCHIVE, FORMAT_ARRAY, FORMAT_ENVELOPE, FORMAT_GSA, FORMAT_NDJSON
@@ -25,7 +25,7 @@ _FORMAT_NAMES = {
 
 def iso_time(ms: int) -> str:
     """Epoch ms as local ISO 8601 with its offset (the Pi's clock and zone are what branch IT reads)."""
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone().isoformat(timespec="seconds")
 
 
 def _when(iso: str | None) -> str:
@@ -90,8 +90,10 @@ class ImportReport:
         if self.already_imported:
             named = f" as {self.imported_as!r}" if self.imported_as and self.imported_as != self.file else ""
             return f"already imported on {_when(self.imported_at)}{named}; nothing added"
-        return (f"imported: {self.new} new event{'s' if self.new != 1 else ''}, "
-                f"{self.duplicates} already in the hub, {self.quarantined} quarantined")
+        return (
+            f"imported: {self.new} new event{'s' if self.new != 1 else ''}, "
+            f"{self.duplicates} already in the hub, {self.quarantined} quarantined"
+        )
 
     def details(self) -> list[str]:
         """The rest of the report, one fact per line, for people."""
@@ -105,8 +107,10 @@ class ImportReport:
         if self.device:
             out.append(f"from device: {self.device}")
         if self.schema_warnings:
-            out.append(f"schema warnings: {self.schema_warnings} events break the Sunbird v3 schema "
-                       "(stored and forwarded anyway)")
+            out.append(
+                f"schema warnings: {self.schema_warnings} events break the Sunbird v3 schema "
+                "(stored and forwarded anyway)"
+            )
         out += [f"problem: {p}" for p in self.problems]
         out += [f"quarantined: {r}" for r in self.quarantine_reasons]
         if self.quarantined > len(self.quarantine_reasons):
@@ -122,5 +126,3 @@ def clean_name(name: str | None) -> str:
     if len(base) > _MAX_NAME_CHARS:
         base = base[: _MAX_NAME_CHARS - 3] + "..."
     return base or "unnamed file"
-
-

@@ -4,11 +4,12 @@ This package is the only code that knows SQL or the schema. Everyone else uses t
 methods (add, take_batch, named queries) and the EventCursor for export.
 """
 
-from .core import AddResult, Store, StoreStats
+from .core import Store
 from .delivery import Batch, Taken
 from .export import EventCursor
 from .migrations import SCHEMA_VERSION
 from .queries import DeadLetter, DeviceSeen, LedgerEntry
+from .stats import AddResult, StoreStats
 from .writes import LedgerRow
 
 __all__ = [

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from .delivery import Taken
 from .migrations import SCHEMA_VERSION, migrate
 from .queries import Queries
 from .space import Space
+from .stats import AddResult, StoreStats
 from .writes import LedgerRow, RequestPlan, add_counters, apply_group, bare, in_transaction, record_delivery
 
 __all__ = ["AddResult", "Store", "StoreStats"]
@@ -47,13 +48,6 @@ _RECOUNT_EVERY = 30
 _PRUNE_CHUNK = 5000
 # The chart keeps a week and a day of hourly counts.
 _HOURLY_KEEP_H = 24 * 8
-@dataclass(frozen=True, slots=True)
-class AddResult:
-    """What one request's events became once committed."""
-
-    new: int
-    duplicates: int
-    quarantined: int
 
 
 @dataclass
@@ -69,28 +63,6 @@ class _Pending:
 # A job for the writer's thread, run inside a transaction or (False) outside one, and its answer.
 _Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", bool]
 _STOP = object()
-
-
-@dataclass
-class StoreStats:
-    """Live figures kept in memory so health checks never scan the table."""
-
-    backlog: int = 0
-    delivered: int = 0
-    dead_letters: int = 0
-    stored_total: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    commits: int = 0
-    committed_requests: int = 0
-    last_commit_at: float = 0.0
-    last_commit_s: float = 0.0
-    last_group_events: int = 0
-    db_bytes: int = 0
-    free_bytes: int = 0
-    full_reason: str | None = None
-    schema_warnings: dict[str, int] = field(default_factory=dict)
-    schema_unchecked: int = 0
 
 
 class Store:
@@ -124,8 +96,9 @@ class Store:
         await self.space.refresh()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._space_task = asyncio.create_task(self._space_loop(), name="store-space")
-        log.info("store open: %s (schema v%d, %d events waiting for upstream)", self.path, SCHEMA_VERSION,
-                 self.stats.backlog)
+        log.info(
+            "store open: %s (schema v%d, %d events waiting for upstream)", self.path, SCHEMA_VERSION, self.stats.backlog
+        )
 
     async def close(self) -> None:
         """Finish every queued write, then close the database."""
@@ -209,8 +182,9 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    async def add(self, checked: Checked, *, source: str, device: str | None = None,
-                  ledger: LedgerRow | None = None) -> AddResult:
+    async def add(
+        self, checked: Checked, *, source: str, device: str | None = None, ledger: LedgerRow | None = None
+    ) -> AddResult:
         """Queue one request's events; return once the commit that holds them has returned.
 
         `ledger` (an imported file's row) is committed in the same transaction as its events.
@@ -264,8 +238,9 @@ class Store:
             if not fut.done():
                 fut.set_exception(StoreClosed("the hub is shutting down; retry in a moment"))
 
-    async def _run_job(self, job: Callable[[sqlite3.Connection], Any], fut: asyncio.Future[Any],
-                       transaction: bool) -> None:
+    async def _run_job(
+        self, job: Callable[[sqlite3.Connection], Any], fut: asyncio.Future[Any], transaction: bool
+    ) -> None:
         try:
             # The whole job runs on the writer's thread: one round trip, not one per statement.
             result = await self._in_writer_thread(in_transaction if transaction else bare, job)
@@ -311,11 +286,14 @@ class Store:
                 source = sqlite_text(p.source)
                 device = sqlite_text(p.device)
                 # Event fields are already SQLite-safe (see telemetry.Event); only the request's own need care.
-                rows = [(e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source)
-                        for e in p.checked.events]
+                rows = [
+                    (e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source)
+                    for e in p.checked.events
+                ]
                 raws = [e.raw for e in p.checked.events]
-                quarantine = [(now_ms, source, device, sqlite_text(x.mid), x.reason, x.raw)
-                              for x in p.checked.quarantined]
+                quarantine = [
+                    (now_ms, source, device, sqlite_text(x.mid), x.reason, x.raw) for x in p.checked.quarantined
+                ]
                 for row in rows:
                     if row[1]:
                         devices[row[1]] = devices.get(row[1], 0) + 1
@@ -328,8 +306,12 @@ class Store:
             if len(group) > 1 and isinstance(exc, Exception) and not isinstance(exc, sqlite3.OperationalError):
                 # Something in one request broke the commit (a bug, odd data): commit each request on its
                 # own, so the others are not refused along with it. Nothing of the group was committed.
-                log.error("store commit of %d requests failed (%s: %s); committing them one by one",
-                          len(group), type(exc).__name__, exc)
+                log.error(
+                    "store commit of %d requests failed (%s: %s); committing them one by one",
+                    len(group),
+                    type(exc).__name__,
+                    exc,
+                )
                 for p in group:
                     await self._commit_group([p])
                 return
@@ -372,7 +354,11 @@ class Store:
     # ---- upstream delivery -----------------------------------------------------------------
 
     async def take_batch(
-        self, max_events: int, max_bytes: int, exclude: Collection[int] = (), delivered: Sequence[int] = (),
+        self,
+        max_events: int,
+        max_bytes: int,
+        exclude: Collection[int] = (),
+        delivered: Sequence[int] = (),
         counters: Mapping[str, int] | None = None,
     ) -> Taken:
         """The batch to send next with its (seq, mid, raw) rows: an unfinished one (same msgid as before), else a new one.
@@ -384,8 +370,17 @@ class Store:
         are `counters` (e.g. bytes sent today). Only this batch's rows are read, never the backlog.
         """
         now = int(time.time() * 1000)
-        taken = await self._write(partial(delivery.take, max_events=max_events, max_bytes=max_bytes,
-                                          skip=tuple(exclude), delivered=delivered, counters=counters or {}, now=now))
+        taken = await self._write(
+            partial(
+                delivery.take,
+                max_events=max_events,
+                max_bytes=max_bytes,
+                skip=tuple(exclude),
+                delivered=delivered,
+                counters=counters or {},
+                now=now,
+            )
+        )
         self.stats.backlog -= taken.delivered
         self.stats.delivered += taken.delivered
         return taken
@@ -456,8 +451,7 @@ class Store:
 
     async def update_import_report(self, sha256: str, imported_ms: int, report: str) -> None:
         """Put an import's final counts into its ledger row."""
-        await self._write(partial(delivery.update_import_report, sha256=sha256, imported_ms=imported_ms,
-                                  report=report))
+        await self._write(partial(delivery.update_import_report, sha256=sha256, imported_ms=imported_ms, report=report))
 
     def _read_conn(self) -> aiosqlite.Connection:
         if self._reader is None:

@@ -45,8 +45,15 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def take(conn: sqlite3.Connection, max_events: int, max_bytes: int, skip: tuple[int, ...],
-         delivered: Sequence[int], counters: Mapping[str, int], now: int) -> Taken:
+def take(
+    conn: sqlite3.Connection,
+    max_events: int,
+    max_bytes: int,
+    skip: tuple[int, ...],
+    delivered: Sequence[int],
+    counters: Mapping[str, int],
+    now: int,
+) -> Taken:
     """Record `delivered` batches, add `counters`, then find or make the next batch to send."""
     n = sum(record_delivery(conn, batch_id, now) for batch_id in delivered)
     add_counters(conn, counters)
@@ -98,7 +105,7 @@ def _new_batch(conn: sqlite3.Connection, max_events: int, max_bytes: int) -> tup
     )
     batch_id = int(cur.lastrowid or 0)
     for i in range(0, len(rows), _IN_CHUNK):
-        chunk = [r[0] for r in rows[i:i + _IN_CHUNK]]
+        chunk = [r[0] for r in rows[i : i + _IN_CHUNK]]
         conn.execute(
             f"UPDATE events SET batch_id = ? WHERE seq IN ({_marks(len(chunk))})"
             " AND batch_id IS NULL AND delivered_at IS NULL",
@@ -115,8 +122,12 @@ def note_attempt(conn: sqlite3.Connection, batch_id: int, error: str | None, cou
 
 def split(conn: sqlite3.Connection, batch_id: int, keep: int) -> None:
     """Keep the first `keep` events in the batch; the rest go into a new batch with its own msgid."""
-    seqs = [seq for (seq,) in conn.execute(
-        "SELECT seq FROM events WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq", (batch_id,))]
+    seqs = [
+        seq
+        for (seq,) in conn.execute(
+            "SELECT seq FROM events WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq", (batch_id,)
+        )
+    ]
     rest = seqs[keep:]
     if not rest:
         return
@@ -143,10 +154,13 @@ def release_tail(conn: sqlite3.Connection, batch_id: int, keep: int) -> None:
 def dead_letter(conn: sqlite3.Connection, batch_id: int, reason: str, now: int) -> int:
     """Move a batch's events (upstream refused them) to the dead-letter table, with the reason."""
     # Only what was copied is deleted: the seqs are read once, through the same join as the copy.
-    seqs = [seq for (seq,) in conn.execute(
-        "SELECT seq FROM events JOIN event_raw USING (seq) WHERE batch_id = ? AND delivered_at IS NULL",
-        (batch_id,),
-    )]
+    seqs = [
+        seq
+        for (seq,) in conn.execute(
+            "SELECT seq FROM events JOIN event_raw USING (seq) WHERE batch_id = ? AND delivered_at IS NULL",
+            (batch_id,),
+        )
+    ]
     marks = _marks(len(seqs))
     if seqs:
         conn.execute(
@@ -183,12 +197,15 @@ def requeue_dead(conn: sqlite3.Connection, mids: Sequence[str] | None) -> int:
 
 def prune_delivered(conn: sqlite3.Connection, cutoff_ms: int, chunk: int) -> int:
     """Delete up to `chunk` delivered events older than `cutoff_ms`; return how many."""
-    seqs = [seq for (seq,) in conn.execute(
-        "SELECT seq FROM events INDEXED BY events_delivered WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?",
-        (cutoff_ms, chunk),
-    )]
+    seqs = [
+        seq
+        for (seq,) in conn.execute(
+            "SELECT seq FROM events INDEXED BY events_delivered WHERE delivered_at IS NOT NULL AND delivered_at < ? LIMIT ?",
+            (cutoff_ms, chunk),
+        )
+    ]
     for i in range(0, len(seqs), _IN_CHUNK):
-        part = seqs[i:i + _IN_CHUNK]
+        part = seqs[i : i + _IN_CHUNK]
         marks = _marks(len(part))
         conn.execute(f"DELETE FROM event_raw WHERE seq IN ({marks})", part)
         conn.execute(f"DELETE FROM events WHERE seq IN ({marks})", part)

@@ -19,8 +19,9 @@ class EventCursor:
     def __init__(self, db_path: Path) -> None:
         self.path = Path(db_path)
         if not self.path.exists():
-            raise HubError(f"no hub database at {self.path}: give the data directory of a hub that has run "
-                           "(--data-dir)")
+            raise HubError(
+                f"no hub database at {self.path}: give the data directory of a hub that has run (--data-dir)"
+            )
         try:
             self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
             self._con.execute("PRAGMA busy_timeout=10000")

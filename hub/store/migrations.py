@@ -136,9 +136,11 @@ _MIGRATE_MARGIN = 1 * 2**20
 
 def _no_room(path: Path, version: int, needed: int | None = None, free: int | None = None) -> str:
     room = f"about {needed // 2**20} MiB free ({free // 2**20} MiB are)" if needed and free is not None else "room"
-    return (f"upgrading the store {path} from schema v{version} to v{SCHEMA_VERSION} copies every event "
-            f"once and needs {room} on the disk holding it. Free disk space (or move the data directory "
-            "to a larger disk) and start the hub again; the store is unchanged")
+    return (
+        f"upgrading the store {path} from schema v{version} to v{SCHEMA_VERSION} copies every event "
+        f"once and needs {room} on the disk holding it. Free disk space (or move the data directory "
+        "to a larger disk) and start the hub again; the store is unchanged"
+    )
 
 
 def _check_room(path: Path, version: int, measure: Callable[[], tuple[int, int]]) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 import aiosqlite
 
 # "event 12 has no 'mid' string" and "event 3 has no 'mid' string" are one reason: the index is dropped.
-_QUARANTINE_REASON = ("CASE WHEN reason GLOB 'event [0-9]* *' "
-                      "THEN 'event ' || substr(reason, 7 + instr(substr(reason, 7), ' ')) ELSE reason END")
+_QUARANTINE_REASON = (
+    "CASE WHEN reason GLOB 'event [0-9]* *' "
+    "THEN 'event ' || substr(reason, 7 + instr(substr(reason, 7), ' ')) ELSE reason END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,94 +60,91 @@ class Queries:
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._conn().execute_fetchall(sql, params))
 
-
     async def _int(self, sql: str, params: Sequence[Any] = ()) -> int:
         rows = await self._rows(sql, params)
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
-
 
     async def counters(self) -> dict[str, int]:
         """Every named counter."""
         return {str(name): int(value) for name, value in await self._rows("SELECT name, value FROM counters")}
 
-
     async def counter(self, name: str) -> int:
         """One named counter (0 if never counted)."""
         return await self._int("SELECT value FROM counters WHERE name = ?", (name,))
-
 
     async def backlog(self) -> int:
         """Events not yet delivered upstream, counted from the table."""
         return await self._int("SELECT count(*) FROM events WHERE delivered_at IS NULL")
 
-
     async def quarantined(self) -> int:
         """Events kept aside as malformed."""
         return await self._int("SELECT count(*) FROM quarantine")
-
 
     async def dead_letter_count(self) -> int:
         """Events upstream refused."""
         return await self._int("SELECT count(*) FROM dead_letter")
 
-
     async def any_delivered(self) -> bool:
         """Whether any delivered event is still kept (so pruning early can make room)."""
-        return bool(await self._int("SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_delivered"
-                                   " WHERE delivered_at IS NOT NULL)"))
-
+        return bool(
+            await self._int(
+                "SELECT EXISTS (SELECT 1 FROM events INDEXED BY events_delivered WHERE delivered_at IS NOT NULL)"
+            )
+        )
 
     async def last_delivery_ms(self) -> int:
         """When the newest kept delivered event was delivered (epoch ms; 0 if none is kept)."""
         return await self._int("SELECT max(delivered_at) FROM events WHERE delivered_at IS NOT NULL")
 
-
     async def hourly(self, first_hour: int, last_hour: int) -> list[tuple[int, str, int]]:
         """(hour, kind, n) for hours first_hour..last_hour (hours since the epoch), kinds received / delivered."""
-        rows = await self._rows("SELECT hour, kind, n FROM hourly WHERE hour >= ? AND hour <= ?", (first_hour, last_hour))
+        rows = await self._rows(
+            "SELECT hour, kind, n FROM hourly WHERE hour >= ? AND hour <= ?", (first_hour, last_hour)
+        )
         return [(int(h), str(k), int(n)) for h, k, n in rows]
-
 
     async def recent_devices(self, limit: int) -> list[DeviceSeen]:
         """The devices that synced most recently."""
-        rows = await self._rows("SELECT did, first_seen, last_seen, events FROM devices ORDER BY last_seen DESC, did LIMIT ?",
-                           (limit,))
+        rows = await self._rows(
+            "SELECT did, first_seen, last_seen, events FROM devices ORDER BY last_seen DESC, did LIMIT ?", (limit,)
+        )
         return [DeviceSeen(str(d), int(f), int(last), int(n)) for d, f, last, n in rows]
-
 
     async def device_count(self) -> int:
         """Devices ever seen."""
         return await self._int("SELECT count(*) FROM devices")
 
-
     async def top_reasons(self, kind: str, limit: int) -> list[tuple[str, int]]:
         """The commonest reasons events were quarantined (kind "quarantine") or refused ("dead_letter")."""
         if kind == "quarantine":
-            sql = (f"SELECT {_QUARANTINE_REASON} AS r, count(*) AS n FROM quarantine"
-                   " GROUP BY r ORDER BY n DESC, r LIMIT ?")
+            sql = (
+                f"SELECT {_QUARANTINE_REASON} AS r, count(*) AS n FROM quarantine GROUP BY r ORDER BY n DESC, r LIMIT ?"
+            )
         elif kind == "dead_letter":
             sql = "SELECT reason AS r, count(*) AS n FROM dead_letter GROUP BY r ORDER BY n DESC, r LIMIT ?"
         else:
             raise ValueError(f"no reasons are kept for {kind!r}")
         return [(str(r), int(n)) for r, n in await self._rows(sql, (limit,))]
 
-
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         """The newest dead letters."""
-        rows = await self._rows("SELECT mid, eid, did, reason, failed_at FROM dead_letter ORDER BY id DESC LIMIT ?",
-                           (limit,))
+        rows = await self._rows(
+            "SELECT mid, eid, did, reason, failed_at FROM dead_letter ORDER BY id DESC LIMIT ?", (limit,)
+        )
         return [DeadLetter(str(m), str(e), d, str(r), int(f)) for m, e, d, r, f in rows]
-
 
     async def find_import(self, sha256: str) -> LedgerEntry | None:
         """The ledger row of a file with this content, if it was imported before."""
-        rows = await self._rows("SELECT sha256, name, imported_at, format, report FROM imports WHERE sha256 = ?",
-                           (sha256,))
+        rows = await self._rows(
+            "SELECT sha256, name, imported_at, format, report FROM imports WHERE sha256 = ?", (sha256,)
+        )
         return LedgerEntry(*rows[0]) if rows else None
-
 
     async def import_ledger(self, limit: int) -> list[LedgerEntry]:
         """The import ledger, newest first."""
-        rows = await self._rows("SELECT sha256, name, imported_at, format, report FROM imports"
-                               " ORDER BY imported_at DESC, rowid DESC LIMIT ?", (limit,))
+        rows = await self._rows(
+            "SELECT sha256, name, imported_at, format, report FROM imports"
+            " ORDER BY imported_at DESC, rowid DESC LIMIT ?",
+            (limit,),
+        )
         return [LedgerEntry(*r) for r in rows]

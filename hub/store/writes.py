@@ -11,9 +11,7 @@ T = TypeVar("T")
 # (sha256, name, imported_at ms, format, report JSON): a file's row in the import ledger.
 LedgerRow = tuple[str, str, int, str, str]
 
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (seq, mid, did, eid, ets, channel, pdata_id, received_at, source) VALUES "
-)
+_INSERT_EVENT = "INSERT OR IGNORE INTO events (seq, mid, did, eid, ets, channel, pdata_id, received_at, source) VALUES "
 _EVENT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_CHUNK = 64  # rows per statement: 576 parameters, well under SQLite's limit
 
@@ -39,7 +37,7 @@ def insert_events(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], raws: l
     """
     new = 0
     for i in range(0, len(rows), _INSERT_CHUNK):
-        chunk = rows[i:i + _INSERT_CHUNK]
+        chunk = rows[i : i + _INSERT_CHUNK]
         first = seq
         params: list[Any] = []
         for row in chunk:
@@ -155,5 +153,3 @@ def record_delivery(conn: sqlite3.Connection, batch_id: int, now: int) -> int:
     add_counters(conn, {"delivered": n})
     add_hourly(conn, now, "delivered", n)
     return n
-
-

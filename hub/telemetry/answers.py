@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _second: list[Any] = [None, ""]  # the last whole second formatted, reused: every answer carries a ts
@@ -15,12 +15,13 @@ def _now() -> tuple[str, int]:
     ms = int(time.time() * 1000)
     sec, rest = divmod(ms, 1000)
     if _second[0] != sec:
-        _second[:] = [sec, datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")]
+        _second[:] = [sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
     return f"{_second[1]}.{rest:03d}Z", ms
 
 
-def _envelope(msgid: Any, status: str, err: str | None, errmsg: str | None, code: str,
-              result: dict[str, Any]) -> dict[str, Any]:
+def _envelope(
+    msgid: Any, status: str, err: str | None, errmsg: str | None, code: str, result: dict[str, Any]
+) -> dict[str, Any]:
     """The standard Sunbird API envelope, plus `ets` (epoch ms) that the mobile app reads."""
     ts, ets = _now()
     return {

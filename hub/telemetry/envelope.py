@@ -21,8 +21,11 @@ def _decode_text(body: bytes) -> str:
 
 def _too_many(count: str, limit: int) -> BadRequest:
     # Checked while parsing, before any per-event work: a few KB of gzip can hold millions of tiny events.
-    return BadRequest(f"{count} events in one request, over the limit of {limit} "
-                      "(limits.max_events_per_request): send smaller batches", 413)
+    return BadRequest(
+        f"{count} events in one request, over the limit of {limit} "
+        "(limits.max_events_per_request): send smaller batches",
+        413,
+    )
 
 
 class _Pdata(msgspec.Struct, gc=False):
@@ -88,8 +91,7 @@ def _split_fast(body: bytes, max_events: int | None = None) -> tuple[dict[str, A
     return meta, [(UNPARSED, bytes(raw)) for raw in env.events]
 
 
-_DEVICE_EXPECTED = {'"}': "a key or '}'", '"': "a key", ":": "':'", ",}": "',' or '}'", ",]": "',' or ']'",
-                    "[": "'['"}
+_DEVICE_EXPECTED = {'"}': "a key or '}'", '"': "a key", ":": "':'", ",}": "',' or '}'", ",]": "',' or ']'", "[": "'['"}
 
 
 def _bad_request(exc: SplitError) -> BadRequest:
@@ -125,7 +127,7 @@ def split_envelope(body: bytes, max_events: int | None = None) -> tuple[dict[str
     if i >= len(text):
         raise BadRequest("body is empty: send a JSON object with an 'events' array")
     if text[i] != "{":
-        raise BadRequest("body is not a JSON object: send {\"events\": [...]} as Sunbird clients do")
+        raise BadRequest('body is not a JSON object: send {"events": [...]} as Sunbird clients do')
     try:
         fields, items, end = scan.object(i)
     except SplitError as exc:
@@ -153,13 +155,19 @@ def split_array(text: str) -> list[tuple[Any, bytes]]:
     return items.pairs()
 
 
-
 def batch_envelope(events: Sequence[bytes], msgid: str, device_id: str, ts: str) -> bytes:
     """The mobile app's batch envelope around events' original bytes (never re-serialised).
 
     One builder for every batch the hub writes: upstream requests and Share Telemetry archives.
     `params.msgid` and `mid` are the batch's fixed id, which upstream dedups by.
     """
-    head = orjson.dumps({"id": "ekstep.telemetry", "ver": "1.0", "ts": ts,
-                         "params": {"did": device_id, "msgid": msgid, "key": "", "requesterId": ""}, "mid": msgid})
+    head = orjson.dumps(
+        {
+            "id": "ekstep.telemetry",
+            "ver": "1.0",
+            "ts": ts,
+            "params": {"did": device_id, "msgid": msgid, "key": "", "requesterId": ""},
+            "mid": msgid,
+        }
+    )
     return head[:-1] + b',"events":[' + b",".join(events) + b"]}"

@@ -85,8 +85,18 @@ def _fast_event(raw: bytes) -> Event | None:
     if ctx is None:
         return _new(Event, (raw, head.mid, head.eid, head.ets, None, None, None))
     pdata = ctx.pdata
-    return _new(Event, (raw, head.mid, head.eid, head.ets, ctx.did or None, ctx.channel or None,
-                        pdata.id or None if pdata is not None else None))
+    return _new(
+        Event,
+        (
+            raw,
+            head.mid,
+            head.eid,
+            head.ets,
+            ctx.did or None,
+            ctx.channel or None,
+            pdata.id or None if pdata is not None else None,
+        ),
+    )
 
 
 def check_events(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from json.decoder import scanstring  # type: ignore[attr-defined]
+from json.decoder import scanstring  # type: ignore[attr-defined]  # public in CPython, missing from typeshed
 from typing import Any, NamedTuple
 
 import msgspec
@@ -84,8 +84,9 @@ class RawSplitter:
     NDJSON document) stop the walk at once. Errors are SplitError; callers word them.
     """
 
-    def __init__(self, text: str, max_items: int | None = None, *, keep_values: bool = True,
-                 unique_events: bool = False) -> None:
+    def __init__(
+        self, text: str, max_items: int | None = None, *, keep_values: bool = True, unique_events: bool = False
+    ) -> None:
         self.text = text
         self.max_items = max_items
         self.keep_values = keep_values
@@ -93,7 +94,7 @@ class RawSplitter:
 
     def ws(self, i: int) -> int:
         """The index of the first non-whitespace character at or after i."""
-        return _WS.match(self.text, i).end()  # type: ignore[union-attr]
+        return _WS.match(self.text, i).end()  # type: ignore[union-attr]  # [ \t\n\r]* always matches
 
     def expect(self, i: int, allowed: str) -> int:
         """Skip whitespace from i; the next character must be one of `allowed`; its index."""

@@ -61,22 +61,29 @@ class Control:
         if self.admin.check(request, form_token):
             return None
         log.warning("admin action %s refused from %s: missing or wrong admin token", request.path, request.remote)
-        return sunbird_error(401, "missing or wrong admin token: send 'Authorization: Bearer <admin token>' "
-                                  "(the token is in <data_dir>/admin-token)")
+        return sunbird_error(
+            401,
+            "missing or wrong admin token: send 'Authorization: Bearer <admin token>' "
+            "(the token is in <data_dir>/admin-token)",
+        )
 
     async def sync(self, request: web.Request) -> web.StreamResponse:
         """Deliver now and report the outcome; from the status page's button or `telemetry-hub sync`."""
         form = await request.post() if request.content_type.startswith(("multipart/", "application/x-www")) else {}
         token = form.get("token") if isinstance(form.get("token"), str) else None
-        denied = self._denied(request, token)  # type: ignore[arg-type]
+        denied = self._denied(request, token)  # type: ignore[arg-type]  # a str or None, checked above
         if denied:
             if form and "text/html" in request.headers.get("Accept", ""):
                 raise web.HTTPSeeOther("/?synced=denied")  # the status page's form: say so on the page
             return denied
         timeout = float(request.query.get("timeout", "60"))
         result = await self.forwarder.sync_now(timeout=min(timeout, 300.0))
-        log.info("sync now: delivered %d, %d waiting, %s", result["delivered"], result["backlog"],
-                 result["error"] or "no error")
+        log.info(
+            "sync now: delivered %d, %d waiting, %s",
+            result["delivered"],
+            result["backlog"],
+            result["error"] or "no error",
+        )
         if form and "text/html" in request.headers.get("Accept", ""):
             raise web.HTTPSeeOther("/?" + ("synced=1" if result["ok"] else "synced=0"))
         return json_response(200, result)

@@ -27,9 +27,24 @@ DEVICE_PATHS = ("/api/data/v1/telemetry", "/v1/telemetry", "/content/data/v1/tel
 
 _CORS_HEADERS = ", ".join(
     [
-        "Authorization", "Content-Type", "Content-Encoding", "Accept", "X-App-Id", "X-Channel-Id", "X-Device-Id",
-        "X-Authenticated-User-Token", "X-Authenticated-For", "X-Consumer-ID", "X-Request-ID", "X-Source",
-        "X-msgid", "ts", "dataType", "did", "msgid", "Access-Control-Allow-Origin",
+        "Authorization",
+        "Content-Type",
+        "Content-Encoding",
+        "Accept",
+        "X-App-Id",
+        "X-Channel-Id",
+        "X-Device-Id",
+        "X-Authenticated-User-Token",
+        "X-Authenticated-For",
+        "X-Consumer-ID",
+        "X-Request-ID",
+        "X-Source",
+        "X-msgid",
+        "ts",
+        "dataType",
+        "did",
+        "msgid",
+        "Access-Control-Allow-Origin",
     ]
 )
 _READ_CHUNK = 64 * 1024
@@ -181,8 +196,11 @@ class Ingest:
             return await answer_and_close(request, response) if exc.status == 408 else response
         except _Overloaded:
             log.debug("busy: %d bytes of bodies buffered (limits.max_buffered_bytes)", self.buffered)
-            return sunbird_error(503, "the hub is busy receiving other devices' data; retry in a few seconds",
-                                 headers={"Retry-After": str(_BUSY_RETRY_AFTER_S)})
+            return sunbird_error(
+                503,
+                "the hub is busy receiving other devices' data; retry in a few seconds",
+                headers={"Retry-After": str(_BUSY_RETRY_AFTER_S)},
+            )
         params = meta.get("params")
         msgid = params.get("msgid") if isinstance(params, dict) else None
         if not items:
@@ -199,7 +217,9 @@ class Ingest:
         try:
             result = await self.store.add(checked, source=f"api:{request.remote or '?'}", device=device)
         except StoreFull as exc:
-            return sunbird_error(503, f"the hub cannot store telemetry now: {exc}. Keep the events and retry later.", msgid, retry)
+            return sunbird_error(
+                503, f"the hub cannot store telemetry now: {exc}. Keep the events and retry later.", msgid, retry
+            )
         except StoreClosed as exc:
             return sunbird_error(503, str(exc), msgid, {"Retry-After": "5"})
         return json_response(
@@ -252,7 +272,8 @@ class Ingest:
                     received += len(chunk)
                     if received > limit:
                         raise BadRequest(
-                            f"body is over the limit of {limit} bytes (limits.max_body_bytes): send smaller batches", 413
+                            f"body is over the limit of {limit} bytes (limits.max_body_bytes): send smaller batches",
+                            413,
                         )
                     if inflater is None:
                         hold.take(len(chunk))
@@ -273,9 +294,13 @@ class Ingest:
                         if inflater.eof:
                             break
         except TimeoutError:
-            raise BadRequest(f"body did not arrive within {self.client_timeout:g} s (server.client_timeout)", 408) from None
+            raise BadRequest(
+                f"body did not arrive within {self.client_timeout:g} s (server.client_timeout)", 408
+            ) from None
         except zlib.error as exc:
-            raise BadRequest(f"body is not valid gzip ({exc}); send Content-Encoding: gzip only with gzip data") from None
+            raise BadRequest(
+                f"body is not valid gzip ({exc}); send Content-Encoding: gzip only with gzip data"
+            ) from None
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             raise BadRequest(f"body was cut off: {exc}") from None
         if inflater is not None:

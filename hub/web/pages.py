@@ -65,9 +65,7 @@ _STATUS_CSP = (
 _IMPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
 
 # The line break after the doctype stays (\x3c is "<": the pattern, not markup, lives here).
-_LINE_BREAK_BETWEEN_TAGS = re.compile(
-    r"(?:(?<=>)(?<!\x3c!doctype html>)|(?<=%\})|(?<=#\}))[ \t]*\n\s*(?=<|\{%|\{#)"
-)
+_LINE_BREAK_BETWEEN_TAGS = re.compile(r"(?:(?<=>)(?<!\x3c!doctype html>)|(?<=%\})|(?<=#\}))[ \t]*\n\s*(?=<|\{%|\{#)")
 
 
 class _LineBreaksBetweenTags(Extension):
@@ -124,16 +122,22 @@ def import_page(status: int, template: str, title: str, **context: Any) -> web.R
 
 
 def _response(status: int, text: str, csp: str) -> web.Response:
-    return web.Response(status=status, text=text, content_type="text/html", headers={
-        "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "Content-Security-Policy": csp,
-    })
+    return web.Response(
+        status=status,
+        text=text,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Content-Security-Policy": csp,
+        },
+    )
 
 
-def status_page(facts: Mapping[str, Any], *, synced: str | None = None, can_import: bool = False,
-                logged_in: bool = False) -> web.Response:
+def status_page(
+    facts: Mapping[str, Any], *, synced: str | None = None, can_import: bool = False, logged_in: bool = False
+) -> web.Response:
     """The status page (200, auto-refreshing) from `Status.facts()`."""
     context = status_body_context(facts, synced=synced, can_import=can_import, logged_in=logged_in)
     return page(200, "status.html", "Status", refresh=True, **context)
@@ -222,8 +226,12 @@ def chart(hourly: Sequence[Mapping[str, Any]]) -> Chart:
     ticks: list[Tick] = []
     for i, h in enumerate(hourly):
         start = float(h["hour_start"])
-        label = f"{time.strftime('%H:00', time.localtime(start))}-{time.strftime('%H:00', time.localtime(start + 3600))}"
-        for j, (kind, cls, words) in enumerate((("received", "r", "new events received"), ("delivered", "d", "delivered"))):
+        label = (
+            f"{time.strftime('%H:00', time.localtime(start))}-{time.strftime('%H:00', time.localtime(start + 3600))}"
+        )
+        for j, (kind, cls, words) in enumerate(
+            (("received", "r", "new events received"), ("delivered", "d", "delivered"))
+        ):
             n = int(h[kind])
             bh = height * n / ymax
             if n and bh < 1.5:
@@ -247,8 +255,11 @@ def chart(hourly: Sequence[Mapping[str, Any]]) -> Chart:
 
 def qr_svg(text: str) -> Markup:
     """A QR code as inline SVG (quiet zone included) that a phone camera can scan; segno's markup, trusted."""
-    return Markup(segno.make(text, error="m").svg_inline(scale=1, border=4, omitsize=True, dark="#000",
-                                                         light="#fff", svgclass="qr"))
+    return Markup(
+        segno.make(text, error="m").svg_inline(
+            scale=1, border=4, omitsize=True, dark="#000", light="#fff", svgclass="qr"
+        )
+    )
 
 
 def link_sub(up: Mapping[str, Any], now: float) -> str:
@@ -288,8 +299,9 @@ def _reasons(facts: Mapping[str, Any], key: str) -> _Reasons:
     )
 
 
-def status_body_context(facts: Mapping[str, Any], *, synced: str | None = None, can_import: bool = False,
-                        logged_in: bool = False) -> dict[str, Any]:
+def status_body_context(
+    facts: Mapping[str, Any], *, synced: str | None = None, can_import: bool = False, logged_in: bool = False
+) -> dict[str, Any]:
     """What status.html needs from `Status.facts()`: the words already worded, the chart as geometry, the QR
     code as markup. `synced` is the ?synced= answer of a Sync now ("1", "0", "denied") or None."""
     now = float(facts["now"])
@@ -305,8 +317,9 @@ def status_body_context(facts: Mapping[str, Any], *, synced: str | None = None, 
         "state_text": facts["state_text"],
         "problems": [_Problem(str(p["severity"]), str(p["message"])) for p in facts["problems"]],
         "synced": synced,
-        "sync_failure": str(up["last_error"] or ("no upstream is configured" if not up["configured"]
-                                                 else "it did not finish in time")),
+        "sync_failure": str(
+            up["last_error"] or ("no upstream is configured" if not up["configured"] else "it did not finish in time")
+        ),
         "backlog": ev["backlog"],
         "backlog_text": thousands(ev["backlog"]),
         "delivered": ev["delivered"],

@@ -28,10 +28,11 @@ async def answer_and_close(request: web.Request, response: web.Response) -> web.
     return response
 
 
-def sunbird_error(status: int, message: str, msgid: object = None, headers: dict[str, str] | None = None) -> web.Response:
+def sunbird_error(
+    status: int, message: str, msgid: object = None, headers: dict[str, str] | None = None
+) -> web.Response:
     """A Sunbird-style error answer whose errmsg says what is wrong."""
     return json_response(status, error_body(status, message, msgid), headers)
-
 
 
 def see_other(location: str) -> web.Response:

@@ -28,8 +28,10 @@ def bound_port(site: web.TCPSite, configured: int) -> int:
     return int(sockets[0].getsockname()[1]) if sockets else configured
 
 
-_BUSY_ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
-                b"Content-Length: 44\r\nConnection: close\r\n\r\ntoo many connections; retry in a few seconds")
+_BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 44\r\nConnection: close\r\n\r\ntoo many connections; retry in a few seconds"
+)
 
 
 async def listen(site: web.TCPSite, where: str, setting: str) -> None:
@@ -37,8 +39,10 @@ async def listen(site: web.TCPSite, where: str, setting: str) -> None:
     try:
         await site.start()
     except OSError as exc:
-        raise HubError(f"cannot listen on {where}: {exc.strerror or exc}. Is another telemetry-hub (or another "
-                       f"program) using that port? Stop it, or set {setting} in the config") from None
+        raise HubError(
+            f"cannot listen on {where}: {exc.strerror or exc}. Is another telemetry-hub (or another "
+            f"program) using that port? Stop it, or set {setting} in the config"
+        ) from None
 
 
 class _LimitedRunner(web.AppRunner):
@@ -51,7 +55,7 @@ class _LimitedRunner(web.AppRunner):
     """
 
     def __init__(self, app: web.Application, *, max_connections: int, client_timeout: float, **kwargs: object) -> None:
-        super().__init__(app, **kwargs)  # type: ignore[arg-type]
+        super().__init__(app, **kwargs)  # type: ignore[arg-type]  # AppRunner's keyword options, passed through
         self.max_connections = max_connections
         self.client_timeout = client_timeout
         self.shed = 0  # connections closed because of the limit
@@ -72,8 +76,8 @@ class _LimitedRunner(web.AppRunner):
             self._born.pop(handler, None)
             lost(handler, exc)
 
-        server.connection_made = connection_made  # type: ignore[method-assign]
-        server.connection_lost = connection_lost  # type: ignore[method-assign]
+        server.connection_made = connection_made  # type: ignore[method-assign]  # wrapped to count connections
+        server.connection_lost = connection_lost  # type: ignore[method-assign]  # wrapped to count connections
         return server
 
     def _limit(self, server: web.Server, new: Any) -> None:
@@ -93,8 +97,12 @@ class _LimitedRunner(web.AppRunner):
         self.shed += 1
         if not self._warned:
             self._warned = True
-            log.warning("%d connections open, the limit is %d (server.max_connections): closing idle, slow or new "
-                        "connections until fewer are open", len(open_), self.max_connections)
+            log.warning(
+                "%d connections open, the limit is %d (server.max_connections): closing idle, slow or new "
+                "connections until fewer are open",
+                len(open_),
+                self.max_connections,
+            )
 
 
 class WebServer:
@@ -142,20 +150,31 @@ class WebServer:
         """Count requests in progress so shutdown can wait for them."""
         if self._draining and request.method == "POST":
             # A new request on a kept-alive connection after SIGTERM: ask the device to come back.
-            return sunbird_error(503, "the hub is restarting; retry in a few seconds", headers={
-                "Retry-After": "5", "Connection": "close"})
+            return sunbird_error(
+                503,
+                "the hub is restarting; retry in a few seconds",
+                headers={"Retry-After": "5", "Connection": "close"},
+            )
         self._inflight += 1
         try:
-            if (request.body_exists and request.path not in DEVICE_PATHS  # device bodies: ingest's own timed reader
-                    and not request.content_type.startswith("multipart/")):  # uploads stream to disk
+            if (
+                request.body_exists
+                and request.path not in DEVICE_PATHS  # device bodies: ingest's own timed reader
+                and not request.content_type.startswith("multipart/")
+            ):  # uploads stream to disk
                 # Small bodies (login, admin forms) must arrive within server.client_timeout too, or one
                 # byte a second would hold the connection for good; the handler then reads the cached body.
                 try:
                     async with asyncio.timeout(self.server_cfg.client_timeout):
                         await request.read()
                 except TimeoutError:
-                    return await answer_and_close(request, sunbird_error(
-                        408, f"body did not arrive within {self.server_cfg.client_timeout:g} s (server.client_timeout)"))
+                    return await answer_and_close(
+                        request,
+                        sunbird_error(
+                            408,
+                            f"body did not arrive within {self.server_cfg.client_timeout:g} s (server.client_timeout)",
+                        ),
+                    )
             return await handler(request)
         finally:
             self._inflight -= 1
@@ -178,7 +197,10 @@ class WebServer:
             try:
                 await asyncio.wait_for(self._idle.wait(), self.server_cfg.shutdown_timeout)
             except TimeoutError:
-                log.warning("stopping: %d requests still running after %g s (server.shutdown_timeout); "
-                            "they are cut off and their devices will resend", self._inflight,
-                            self.server_cfg.shutdown_timeout)
+                log.warning(
+                    "stopping: %d requests still running after %g s (server.shutdown_timeout); "
+                    "they are cut off and their devices will resend",
+                    self._inflight,
+                    self.server_cfg.shutdown_timeout,
+                )
         await runner.cleanup()

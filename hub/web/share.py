@@ -93,8 +93,9 @@ class ShareHandlers:
         """Stream each uploaded file to a temp file (size-capped), then import them one by one; temp files go."""
         authorised = self.admin.check(request)
         if not request.content_type.startswith("multipart/"):
-            raise _Refused(400, "send the files as multipart/form-data, one or more 'file' fields "
-                                "(curl -F file=@archive.zip)")
+            raise _Refused(
+                400, "send the files as multipart/form-data, one or more 'file' fields (curl -F file=@archive.zip)"
+            )
         problem = self.importer.store.space_problem()
         if problem:
             raise _Refused(503, f"the hub cannot store telemetry now: {problem}")
@@ -111,11 +112,16 @@ class ShareHandlers:
                             await part.release()  # a file input left empty: browsers send filename=""
                             continue
                         if not authorised:
-                            raise _Refused(401, "missing admin token: send it before the files, as the form field "
-                                                "'token' or as 'Authorization: Bearer <token>'")
+                            raise _Refused(
+                                401,
+                                "missing admin token: send it before the files, as the form field "
+                                "'token' or as 'Authorization: Bearer <token>'",
+                            )
                         if len(saved) >= _MAX_FILES_PER_UPLOAD:
-                            raise _Refused(413, f"more than {_MAX_FILES_PER_UPLOAD} files in one upload; "
-                                                "send them in smaller groups")
+                            raise _Refused(
+                                413,
+                                f"more than {_MAX_FILES_PER_UPLOAD} files in one upload; send them in smaller groups",
+                            )
                         name = clean_name(part.filename)
                         saved.append((await self._save(part, name), name))
                     else:
@@ -123,15 +129,19 @@ class ShareHandlers:
                         if part.name == "token" and not authorised:
                             authorised = self.admin.allows(value.strip())
                             if not authorised:
-                                raise _Refused(401, "wrong admin token: nothing was imported (the token is in "
-                                                    "<data dir>/admin-token on the hub)")
+                                raise _Refused(
+                                    401,
+                                    "wrong admin token: nothing was imported (the token is in "
+                                    "<data dir>/admin-token on the hub)",
+                                )
             except (ValueError, AssertionError) as exc:  # aiohttp's words for a malformed multipart body
                 raise _Refused(400, f"the upload is not valid multipart/form-data ({exc})") from None
             except OSError as exc:
                 raise _Refused(507, f"cannot save the upload in {self.scratch}: {exc.strerror or exc}") from None
             if not authorised:
-                raise _Refused(401, "missing admin token: send it as the form field 'token' "
-                                    "or as 'Authorization: Bearer <token>'")
+                raise _Refused(
+                    401, "missing admin token: send it as the form field 'token' or as 'Authorization: Bearer <token>'"
+                )
             if not saved:
                 raise _Refused(400, "no file was sent: choose one or more files (form field 'file')")
             return [await self.importer.import_file(path, name) for path, name in saved]
@@ -149,8 +159,11 @@ class ShareHandlers:
         try:
             return await asyncio.wait_for(step, idle)
         except TimeoutError:
-            raise _Refused(408, f"the upload stopped arriving (nothing for {idle:g} s, server.client_timeout); "
-                                "nothing was imported: send the file again") from None
+            raise _Refused(
+                408,
+                f"the upload stopped arriving (nothing for {idle:g} s, server.client_timeout); "
+                "nothing was imported: send the file again",
+            ) from None
 
     def _prepare_scratch(self) -> None:
         """Create the scratch folder and remove temp files a crash left behind."""
@@ -173,8 +186,11 @@ class ShareHandlers:
                 while chunk := await self._arrives(part.read_chunk(_UPLOAD_CHUNK)):
                     size += len(chunk)
                     if size > limit:
-                        raise _Refused(413, f"{name} is over the {limit // 2**20} MiB limit for one file "
-                                            "(share.max_file_bytes); nothing was imported")
+                        raise _Refused(
+                            413,
+                            f"{name} is over the {limit // 2**20} MiB limit for one file "
+                            "(share.max_file_bytes); nothing was imported",
+                        )
                     await asyncio.to_thread(fh.write, chunk)
         except BaseException:
             path.unlink(missing_ok=True)
@@ -206,8 +222,9 @@ class ShareHandlers:
         os.close(fd)
         out = Path(tmp)
         try:
-            report = await asyncio.to_thread(export_archive, self.db_path, out, hub_id=self.hub_id,
-                                             pending=pending, since_ms=since_ms)
+            report = await asyncio.to_thread(
+                export_archive, self.db_path, out, hub_id=self.hub_id, pending=pending, since_ms=since_ms
+            )
             fh = await asyncio.to_thread(open, out, "rb")
         except NothingToExport as exc:
             return sunbird_error(404, str(exc))
@@ -216,13 +233,15 @@ class ShareHandlers:
         finally:
             out.unlink(missing_ok=True)  # an open file outlives its name; nothing is left behind
         stamp = datetime.now().strftime("%Y%m%d-%H%M")
-        response = web.StreamResponse(headers={
-            "Content-Type": "application/zip",
-            "Content-Disposition": f'attachment; filename="telemetry-{stamp}.zip"',
-            "X-Export-Events": str(report.events),
-            "X-Export-Batches": str(report.batches),
-            "Cache-Control": "no-store",
-        })
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/zip",
+                "Content-Disposition": f'attachment; filename="telemetry-{stamp}.zip"',
+                "X-Export-Events": str(report.events),
+                "X-Export-Batches": str(report.batches),
+                "Cache-Control": "no-store",
+            }
+        )
         response.content_length = report.size
         try:
             await response.prepare(request)
@@ -233,8 +252,6 @@ class ShareHandlers:
             fh.close()
         log.info("export over HTTP: %d events in %d batches (marks nothing delivered)", report.events, report.batches)
         return response
-
-
 
 
 def _flag(value: str | None) -> bool:

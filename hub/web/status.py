@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 _COOKIE = "hub_status"
 _COOKIE_MAX_AGE_S = 180 * 86400  # a phone stays logged in for a school term or two
 _COOKIE_LABEL = b"telemetry-hub status page v1"
-_TOKEN_HINT = ("missing or wrong admin token: send 'Authorization: Bearer <admin token>' "
-               "(the token is in <data_dir>/admin-token)")
+_TOKEN_HINT = (
+    "missing or wrong admin token: send 'Authorization: Bearer <admin token>' (the token is in <data_dir>/admin-token)"
+)
 
 
 def _here(request: web.Request) -> Here:
@@ -80,8 +81,15 @@ class StatusPages:
         return not self.needs_token or self._presented_token_ok(request) or self._cookie_ok(request)
 
     def _set_cookie(self, response: web.StreamResponse, request: web.Request) -> None:
-        response.set_cookie(_COOKIE, self._cookie, max_age=_COOKIE_MAX_AGE_S, path="/", httponly=True,
-                            samesite="Strict", secure=request.secure or None)
+        response.set_cookie(
+            _COOKIE,
+            self._cookie,
+            max_age=_COOKIE_MAX_AGE_S,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure or None,
+        )
 
     # ---- handlers --------------------------------------------------------------------------------------------
 
@@ -96,8 +104,12 @@ class StatusPages:
             return pages.login_page(401, None)
         facts = await self.facts.facts(_here(request))
         synced = request.query.get("synced")
-        response = pages.status_page(facts, synced=synced if synced in ("0", "1", "denied") else None,
-                                     can_import=_has_route(request, "/import"), logged_in=self._cookie_ok(request))
+        response = pages.status_page(
+            facts,
+            synced=synced if synced in ("0", "1", "denied") else None,
+            can_import=_has_route(request, "/import"),
+            logged_in=self._cookie_ok(request),
+        )
         if self.needs_token and not self._cookie_ok(request):
             self._set_cookie(response, request)  # came with ?token= or a header: keep it on this browser
         return response
@@ -128,7 +140,10 @@ class StatusPages:
     async def metrics_page(self, request: web.Request) -> web.Response:
         """Prometheus metrics (same token rule as the page; Prometheus sends it as a bearer token)."""
         if not self.allowed(request):
-            return web.Response(status=401, text="missing or wrong admin token: send 'Authorization: Bearer "
-                                                 "<admin token>'\n", headers={"WWW-Authenticate": "Bearer"})
+            return web.Response(
+                status=401,
+                text="missing or wrong admin token: send 'Authorization: Bearer <admin token>'\n",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         body, content_type = await self.metrics.render(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

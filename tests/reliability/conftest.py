@@ -6,7 +6,14 @@ from reliability import tally
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not (tally.crash_rounds or tally.crash_seeds or tally.power_cuts or tally.fuzz_cases or tally.fault_scenarios or tally.acked_checked):
+    if not (
+        tally.crash_rounds
+        or tally.crash_seeds
+        or tally.power_cuts
+        or tally.fuzz_cases
+        or tally.fault_scenarios
+        or tally.acked_checked
+    ):
         return  # no reliability test ran in this session
     terminalreporter.section("reliability summary")
     for line in tally.lines():

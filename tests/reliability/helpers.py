@@ -60,9 +60,19 @@ class Ledger:
         return [b for b in self.batches if 0 < len(stored.intersection(b)) < len(b)]
 
 
-async def device(http: aiohttp.ClientSession, url: str, did: str, ledger: Ledger, stop: asyncio.Event,
-                 rng: random.Random, sizes: tuple[int, ...] = (1, 5, 20, 200), pause: float = 0.0,
-                 mark: Any = None, timeout: float = 30.0, resend: float = 0.1) -> None:
+async def device(
+    http: aiohttp.ClientSession,
+    url: str,
+    did: str,
+    ledger: Ledger,
+    stop: asyncio.Event,
+    rng: random.Random,
+    sizes: tuple[int, ...] = (1, 5, 20, 200),
+    pause: float = 0.0,
+    mark: Any = None,
+    timeout: float = 30.0,
+    resend: float = 0.1,
+) -> None:
     """A device that syncs until `stop`: it keeps a batch until the hub answers 200, as the Sunbird app does.
 
     `mark`, when given, is called right after each 200 arrives; its value is kept with the acked mids
@@ -83,8 +93,9 @@ async def device(http: aiohttp.ClientSession, url: str, did: str, ledger: Ledger
         mids, body, headers = pending
         started = time.monotonic()
         try:
-            async with http.post(url + PATH, data=body, headers=headers,
-                                 timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with http.post(
+                url + PATH, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
                 answer = await r.read()
                 status = r.status
                 retry_after = r.headers.get("Retry-After")
@@ -148,10 +159,13 @@ def upstream_duplicates(fake: Any) -> str:
     foreign, changed = fake.foreign_redeliveries(), fake.changed_retries()
     problems = []
     if foreign:
-        problems.append(f"{len(foreign)} mids reached upstream in more than one batch msgid, e.g. "
-                        f"{dict(list(foreign.items())[:3])}")
+        problems.append(
+            f"{len(foreign)} mids reached upstream in more than one batch msgid, e.g. {dict(list(foreign.items())[:3])}"
+        )
     if changed:
-        problems.append(f"{len(changed)} msgids were sent again with other events, e.g. {dict(list(changed.items())[:2])}")
+        problems.append(
+            f"{len(changed)} msgids were sent again with other events, e.g. {dict(list(changed.items())[:2])}"
+        )
     return "; ".join(problems)
 
 
@@ -187,8 +201,10 @@ def version_2_store(path: Path, events: int) -> int:
     con.execute("PRAGMA journal_mode=WAL")
     con.executescript(_MIGRATIONS[0] + ";" + _MIGRATIONS[1] + "; PRAGMA user_version=2")
     con.execute("BEGIN")
-    con.executemany("INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES (?, 'LOG', 1, 1, 'api', ?)",
-                    [(f"m{i}", os.urandom(500).hex().encode()) for i in range(events)])
+    con.executemany(
+        "INSERT INTO events (mid, eid, ets, received_at, source, raw) VALUES (?, 'LOG', 1, 1, 'api', ?)",
+        [(f"m{i}", os.urandom(500).hex().encode()) for i in range(events)],
+    )
     con.execute("COMMIT")
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()

@@ -34,6 +34,8 @@ def lines() -> list[str]:
         f"acknowledged events checked: {acked_checked}",
         f"LOST acknowledged events: {lost_events} (must be 0)",
         f"5xx answers to client faults: {client_fault_5xx} (must be 0)",
-        *(f"crash loop seed: {seed} (replay: CRASH_SEED={seed} pytest tests/reliability/test_crash_loop.py)"
-          for seed in crash_seeds),
+        *(
+            f"crash loop seed: {seed} (replay: CRASH_SEED={seed} pytest tests/reliability/test_crash_loop.py)"
+            for seed in crash_seeds
+        ),
     ]

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from support.events import make_events, mobile_request
 from support.hubproc import HubProcess
+from support.hubs import write_config
 from support.sharefiles import build_archive, event_bytes
 
 from reliability import tally
 from reliability.helpers import PATH, duplicate_rows
-from support.hubs import write_config
 
 DEVICE_KEYS = ["devkey-Q7xw2LmN9pRt4Vb8", "devkey-Z3kd8HsY1uWq6Ej0"]
 ADMIN_TOKEN = "admintoken-Fh5Jq2Xc9Lm3Np7R"
@@ -35,8 +35,12 @@ class Seen:
     async def request(self, http: aiohttp.ClientSession, method: str, url: str, **kw) -> tuple[int, bytes]:
         async with http.request(method, url, allow_redirects=False, **kw) as r:
             body = await r.read()
-            self.texts.append((f"{method} {url} -> {r.status}",
-                               "\n".join(f"{k}: {v}" for k, v in r.headers.items()) + "\n" + body.decode("utf-8", "replace")))
+            self.texts.append(
+                (
+                    f"{method} {url} -> {r.status}",
+                    "\n".join(f"{k}: {v}" for k, v in r.headers.items()) + "\n" + body.decode("utf-8", "replace"),
+                )
+            )
             return r.status, body
 
 
@@ -56,14 +60,22 @@ async def secured(tmp_path, upstream):
     (tmp_path / "upstream-key").write_text(UPSTREAM_KEY + "\n")
     fake = upstream
     assert fake.key == UPSTREAM_KEY, "mark the test @pytest.mark.upstream_options(key=UPSTREAM_KEY)"
-    cfg = write_config(tmp_path / "hub.toml",
-                       auth={"device_keys_file": str(tmp_path / "device-keys"),
-                             "admin_token_file": str(tmp_path / "admin-token"),
-                             "status_page_requires_token": "yes"},
-                       upstream={"url": fake.url, "api_key_file": str(tmp_path / "upstream-key"),
-                                 "backoff_initial": 0.05, "probe_interval": 0.2},
-                       store={"min_free_bytes": "1 MiB"},
-                       server={"log_level": "debug"})  # the most talkative log must not leak either
+    cfg = write_config(
+        tmp_path / "hub.toml",
+        auth={
+            "device_keys_file": str(tmp_path / "device-keys"),
+            "admin_token_file": str(tmp_path / "admin-token"),
+            "status_page_requires_token": "yes",
+        },
+        upstream={
+            "url": fake.url,
+            "api_key_file": str(tmp_path / "upstream-key"),
+            "backoff_initial": 0.05,
+            "probe_interval": 0.2,
+        },
+        store={"min_free_bytes": "1 MiB"},
+        server={"log_level": "debug"},
+    )  # the most talkative log must not leak either
     hub = HubProcess(tmp_path / "data", config=cfg)
     await asyncio.to_thread(hub.start)
     try:
@@ -80,10 +92,22 @@ async def test_auth_gates_and_secrets_never_leak(secured, tmp_path):
     url = hub.url
     async with aiohttp.ClientSession() as http:
         # -- devices ------------------------------------------------------------------------------------------
-        wrong = [None, "Bearer", "Bearer ", "Bearer wrong", f"Basic {DEVICE_KEYS[0]}", f"Bearer {DEVICE_KEYS[0]}x",
-                 f"Bearer {DEVICE_KEYS[0][:-1]}", f"Bearer x{DEVICE_KEYS[0]}", f"Bearer {ADMIN_TOKEN}",
-                 f"Bearer {UPSTREAM_KEY}", f"Bearer {DEVICE_KEYS[0]},{DEVICE_KEYS[1]}", f"{DEVICE_KEYS[0]}",
-                 "Bearer " + "A" * 10000, f"Bearer {DEVICE_KEYS[0].upper()}"]
+        wrong = [
+            None,
+            "Bearer",
+            "Bearer ",
+            "Bearer wrong",
+            f"Basic {DEVICE_KEYS[0]}",
+            f"Bearer {DEVICE_KEYS[0]}x",
+            f"Bearer {DEVICE_KEYS[0][:-1]}",
+            f"Bearer x{DEVICE_KEYS[0]}",
+            f"Bearer {ADMIN_TOKEN}",
+            f"Bearer {UPSTREAM_KEY}",
+            f"Bearer {DEVICE_KEYS[0]},{DEVICE_KEYS[1]}",
+            f"{DEVICE_KEYS[0]}",
+            "Bearer " + "A" * 10000,
+            f"Bearer {DEVICE_KEYS[0].upper()}",
+        ]
         before = _count(db, "SELECT count(*) FROM events") + _count(db, "SELECT count(*) FROM quarantine")
         for auth in wrong:
             body, headers = mobile_request(make_events(3))
@@ -107,14 +131,24 @@ async def test_auth_gates_and_secrets_never_leak(secured, tmp_path):
         # -- admin actions --------------------------------------------------------------------------------------
         con = sqlite3.connect(db, timeout=30)
         with con:
-            con.execute("INSERT INTO dead_letter (mid, eid, ets, received_at, source, raw, reason, failed_at)"
-                        " VALUES ('dead-1', 'LOG', 1, 0, 'test', ?, 'refused', 0)",
-                        (b'{"mid":"dead-1","eid":"LOG","ets":1}',))
+            con.execute(
+                "INSERT INTO dead_letter (mid, eid, ets, received_at, source, raw, reason, failed_at)"
+                " VALUES ('dead-1', 'LOG', 1, 0, 'test', ?, 'refused', 0)",
+                (b'{"mid":"dead-1","eid":"LOG","ets":1}',),
+            )
         con.close()
         archive = tmp_path / "share.zip"
         build_archive(archive, [event_bytes(3, prefix="imp-")])
-        bad_tokens = [None, "", "wrong", ADMIN_TOKEN[:-1], ADMIN_TOKEN + "x", DEVICE_KEYS[0], UPSTREAM_KEY,
-                      ADMIN_TOKEN.upper()]
+        bad_tokens = [
+            None,
+            "",
+            "wrong",
+            ADMIN_TOKEN[:-1],
+            ADMIN_TOKEN + "x",
+            DEVICE_KEYS[0],
+            UPSTREAM_KEY,
+            ADMIN_TOKEN.upper(),
+        ]
 
         def upload(token_field: str | None) -> aiohttp.FormData:
             form = aiohttp.FormData()
@@ -135,8 +169,14 @@ async def test_auth_gates_and_secrets_never_leak(secured, tmp_path):
             ("GET", "/metrics", lambda t: None),
             ("GET", "/", lambda t: None),
         ]
-        state = lambda: (_count(db, "SELECT count(*) FROM dead_letter"), _count(db, "SELECT count(*) FROM imports"),
-                         _count(db, "SELECT count(*) FROM events WHERE mid LIKE 'imp-%'"))
+
+        def state() -> tuple[int, int, int]:
+            return (
+                _count(db, "SELECT count(*) FROM dead_letter"),
+                _count(db, "SELECT count(*) FROM imports"),
+                _count(db, "SELECT count(*) FROM events WHERE mid LIKE 'imp-%'"),
+            )
+
         before = state()
         for method, path, make_body in actions:
             for token in bad_tokens:
@@ -207,7 +247,9 @@ class _CompareSpy:
         self.answer: bool | None = None  # None: the real answer
 
     def __call__(self, a, b) -> bool:
-        self.calls.append((a.encode() if isinstance(a, str) else bytes(a), b.encode() if isinstance(b, str) else bytes(b)))
+        self.calls.append(
+            (a.encode() if isinstance(a, str) else bytes(a), b.encode() if isinstance(b, str) else bytes(b))
+        )
         return self.real(a, b) if self.answer is None else self.answer
 
     def compared_with(self, presented: str) -> list[bytes]:
@@ -223,8 +265,13 @@ async def test_secret_comparisons_are_constant_time(start_hub, http, tmp_path, m
     == / != / `in` on a secret can be deciding instead (what a source grep used to stand for)."""
     (tmp_path / "device-keys").write_text("\n".join(DEVICE_KEYS) + "\n")
     (tmp_path / "admin-token").write_text(ADMIN_TOKEN + "\n")
-    rh = await start_hub(auth={"device_keys_file": str(tmp_path / "device-keys"),
-                               "admin_token_file": str(tmp_path / "admin-token"), "status_page_requires_token": "yes"})
+    rh = await start_hub(
+        auth={
+            "device_keys_file": str(tmp_path / "device-keys"),
+            "admin_token_file": str(tmp_path / "admin-token"),
+            "status_page_requires_token": "yes",
+        }
+    )
     spy = _CompareSpy(hmac.compare_digest)
     monkeypatch.setattr(hmac, "compare_digest", spy)
 
@@ -248,10 +295,12 @@ async def test_secret_comparisons_are_constant_time(start_hub, http, tmp_path, m
     async with http.post(rh.url + "/login", data={"token": ADMIN_TOKEN}, allow_redirects=False) as r:
         assert r.status == 303
         cookie = r.cookies["hub_status"].value
-    checks = [(device, DEVICE_KEYS[0], {k.encode() for k in DEVICE_KEYS}),
-              (device, DEVICE_KEYS[1], {k.encode() for k in DEVICE_KEYS}),
-              (admin, ADMIN_TOKEN, {ADMIN_TOKEN.encode()}),
-              (status_page, cookie, {cookie.encode()})]
+    checks = [
+        (device, DEVICE_KEYS[0], {k.encode() for k in DEVICE_KEYS}),
+        (device, DEVICE_KEYS[1], {k.encode() for k in DEVICE_KEYS}),
+        (admin, ADMIN_TOKEN, {ADMIN_TOKEN.encode()}),
+        (status_page, cookie, {cookie.encode()}),
+    ]
     for call, secret, against in checks:
         wrong = same_length_wrong(secret)
         spy.calls.clear()

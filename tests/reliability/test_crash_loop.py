@@ -21,14 +21,14 @@ import os
 import random
 import time
 
-import pytest
 import aiohttp
+import pytest
 from support.hubproc import HubProcess
+from support.hubs import write_config
 from support.upstream import FakeUpstream
 
 from reliability import tally
 from reliability.helpers import Ledger, db_check, device, duplicate_rows, upstream_duplicates
-from support.hubs import write_config
 
 pytestmark = pytest.mark.slow  # kill -9 loop under load
 
@@ -70,8 +70,15 @@ async def test_crash_loop_loses_nothing(tmp_path, upstream):
     fake.random.seed(seed)  # the fake's random faults follow the crash seed too
     cfg = write_config(
         tmp_path / "hub.toml",
-        upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.5, "probe_interval": 0.2,
-                  "timeout": 2.0, "connect_timeout": 0.5, "batch_events": 50},
+        upstream={
+            "url": fake.url,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.5,
+            "probe_interval": 0.2,
+            "timeout": 2.0,
+            "connect_timeout": 0.5,
+            "batch_events": 50,
+        },
         store={"min_free_bytes": "1 MiB"},
     )
     hub = HubProcess(tmp_path / "data", config=cfg)
@@ -80,9 +87,20 @@ async def test_crash_loop_loses_nothing(tmp_path, upstream):
     history: list[str] = []
     try:
         async with aiohttp.ClientSession() as http:
-            devices = [asyncio.create_task(device(http, hub.url, f"crash-dev-{i}", ledger, stop,
-                                                  random.Random(rng.random()), sizes=(1, 3, 20, 100, 200)))
-                       for i in range(DEVICES)]
+            devices = [
+                asyncio.create_task(
+                    device(
+                        http,
+                        hub.url,
+                        f"crash-dev-{i}",
+                        ledger,
+                        stop,
+                        random.Random(rng.random()),
+                        sizes=(1, 3, 20, 100, 200),
+                    )
+                )
+                for i in range(DEVICES)
+            ]
             for round_ in range(ROUNDS):
                 faults = _faults(fake, rng)
                 before = len(ledger.acked)
@@ -129,8 +147,10 @@ async def test_crash_loop_loses_nothing(tmp_path, upstream):
     lost_upstream = ledger.acked - fake.mids
     invented = fake.mids - ledger.sent
     tally.add(acked_checked=len(ledger.acked), lost_events=len(lost_store | lost_upstream))
-    about = (f"seed {seed} (rerun with CRASH_SEED={seed}); {len(ledger.acked)} acked, statuses "
-             f"{dict(ledger.statuses)}, {ledger.errors} connection errors\n" + "\n".join(history))
+    about = (
+        f"seed {seed} (rerun with CRASH_SEED={seed}); {len(ledger.acked)} acked, statuses "
+        f"{dict(ledger.statuses)}, {ledger.errors} connection errors\n" + "\n".join(history)
+    )
     assert integrity == "ok", about
     dupes = duplicate_rows(tmp_path / "data" / "hub.db")
     assert not dupes, f"the store holds these mids more than once: {dupes}; {about}"
@@ -143,5 +163,7 @@ async def test_crash_loop_loses_nothing(tmp_path, upstream):
     assert not ledger.unexpected, f"unexpected answers {ledger.unexpected[:5]}; {about}"
     assert len(ledger.acked) > 1000, f"too little load to mean anything; {about}"
     assert ledger.resent > 10, f"too few batches sent twice to exercise dedup; {about}"
-    print(f"crash loop: {ROUNDS} rounds, {len(ledger.acked)} acked, {len(fake.received_mids) - len(fake.mids)} "
-          f"duplicate deliveries upstream, 0 lost; {about}")
+    print(
+        f"crash loop: {ROUNDS} rounds, {len(ledger.acked)} acked, {len(fake.received_mids) - len(fake.mids)} "
+        f"duplicate deliveries upstream, 0 lost; {about}"
+    )

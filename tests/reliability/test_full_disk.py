@@ -25,10 +25,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.hubproc import HubProcess
+from support.hubs import write_config
 
 from reliability import tally
 from reliability.helpers import Ledger, db_check, device, duplicate_rows, require, upstream_duplicates, version_2_store
-from support.hubs import write_config
 
 pytestmark = pytest.mark.slow  # real small file systems filled up; each test takes seconds
 
@@ -97,7 +97,11 @@ async def check_reads(http: aiohttp.ClientSession, hub: HubProcess) -> str:
         health = await r.json()
         assert r.status == 503 and not health["healthy"] and health["problems"], health
     token = (hub.data_dir / "admin-token").read_text().strip()
-    for path, headers in (("/", {}), ("/status.json", {}), ("/admin/dead-letters", {"Authorization": f"Bearer {token}"})):
+    for path, headers in (
+        ("/", {}),
+        ("/status.json", {}),
+        ("/admin/dead-letters", {"Authorization": f"Bearer {token}"}),
+    ):
         async with http.get(hub.url + path, headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as r:
             assert r.status == 200, (path, r.status, (await r.read())[:300])
     return health["problems"][0]
@@ -115,8 +119,9 @@ def check_store(hub: HubProcess, ledger: Ledger) -> None:
 
 
 @contextlib.asynccontextmanager
-async def hub_under_load(hub: HubProcess, ledger: Ledger, prefix: str, devices: int, sizes: tuple[int, ...]
-                         ) -> AsyncIterator[tuple[aiohttp.ClientSession, Callable[[], Awaitable[None]]]]:
+async def hub_under_load(
+    hub: HubProcess, ledger: Ledger, prefix: str, devices: int, sizes: tuple[int, ...]
+) -> AsyncIterator[tuple[aiohttp.ClientSession, Callable[[], Awaitable[None]]]]:
     """Start the hub with `devices` devices sending to it; yield the session and a call that stops the devices.
 
     On the way out the devices are stopped (if they are not yet) and the hub gets SIGTERM and must exit 0;
@@ -126,8 +131,12 @@ async def hub_under_load(hub: HubProcess, ledger: Ledger, prefix: str, devices: 
     try:
         await asyncio.to_thread(hub.start)
         async with aiohttp.ClientSession() as http:
-            tasks = [asyncio.create_task(device(http, hub.url, f"{prefix}-{i}", ledger, stop, random.Random(i),
-                                                sizes=sizes, pause=0.02)) for i in range(devices)]
+            tasks = [
+                asyncio.create_task(
+                    device(http, hub.url, f"{prefix}-{i}", ledger, stop, random.Random(i), sizes=sizes, pause=0.02)
+                )
+                for i in range(devices)
+            ]
 
             async def stop_devices() -> None:
                 stop.set()
@@ -172,8 +181,11 @@ async def test_free_space_floor_refuses_then_resumes(tmp_path):
 async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tmp_path, upstream):
     fake = upstream
     await fake.down()  # the link is down: the backlog grows to the cap
-    cfg = write_config(tmp_path / "hub.toml", store={"max_bytes": "3 MiB", "min_free_bytes": "1 MiB"},
-                       upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3, "probe_interval": 0.2})
+    cfg = write_config(
+        tmp_path / "hub.toml",
+        store={"max_bytes": "3 MiB", "min_free_bytes": "1 MiB"},
+        upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3, "probe_interval": 0.2},
+    )
     hub = HubProcess(tmp_path / "data", config=cfg)
     ledger = Ledger()
     try:
@@ -207,9 +219,17 @@ async def test_sqlite_full_is_503_and_recovers(tmp_path, upstream):
     fake = upstream  # the forwarder keeps writing (batches, attempts) into the full store
     try:
         async with small_disk(tmp_path / "disk") as disk:
-            cfg = write_config(tmp_path / "hub.toml", store={"min_free_bytes": 0},
-                               upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.2,
-                                         "probe_interval": 0.2, "batch_events": 20})
+            cfg = write_config(
+                tmp_path / "hub.toml",
+                store={"min_free_bytes": 0},
+                upstream={
+                    "url": fake.url,
+                    "backoff_initial": 0.05,
+                    "backoff_max": 0.2,
+                    "probe_interval": 0.2,
+                    "batch_events": 20,
+                },
+            )
             hub = HubProcess(disk / "data", config=cfg)
             hub.log_path = tmp_path / "hub.log"
             ledger = Ledger()
@@ -249,8 +269,9 @@ async def test_an_upgrade_the_disk_has_no_room_for_is_refused_and_changes_nothin
         finally:
             hub.kill()
         log = hub.log_path.read_text()
-        assert re.search(r"upgrading the store .* needs about \d+ MiB free \(\d+ MiB are\).*the store is unchanged",
-                         log), log
+        assert re.search(
+            r"upgrading the store .* needs about \d+ MiB free \(\d+ MiB are\).*the store is unchanged", log
+        ), log
         assert "Traceback" not in log, log
         con = sqlite3.connect(data / "hub.db")
         try:  # still v2, every event and its bytes where they were

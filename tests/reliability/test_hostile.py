@@ -27,10 +27,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support.events import _SAMPLES, make_events, mobile_request
-from support.hubproc import HubProcess
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.events import _SAMPLES, make_events, mobile_request
+from support.hubproc import HubProcess
+from support.hubs import write_config
 from support.sharefiles import (
     build_archive,
     build_gsa,
@@ -48,7 +49,6 @@ from reliability.helpers import (
     percentile,
     proc_status,
 )
-from support.hubs import write_config
 
 CLIENT_TIMEOUT = 3.0
 MAX_CONNECTIONS = 300
@@ -59,10 +59,12 @@ MiB = 2**20
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
-    cfg = write_config(tmp / "hub.toml",
-                       server={"client_timeout": CLIENT_TIMEOUT, "max_connections": MAX_CONNECTIONS},
-                       limits={"max_buffered_bytes": MAX_BUFFERED},
-                       store={"min_free_bytes": "1 MiB"})
+    cfg = write_config(
+        tmp / "hub.toml",
+        server={"client_timeout": CLIENT_TIMEOUT, "max_connections": MAX_CONNECTIONS},
+        limits={"max_buffered_bytes": MAX_BUFFERED},
+        store={"min_free_bytes": "1 MiB"},
+    )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
     if soft < want:
@@ -93,8 +95,9 @@ def db_fingerprint(hub: HubProcess) -> tuple[int, int, int, int]:
     """(rows, max seq, total raw bytes, quarantine rows): what must not change unless a 200 adds to it."""
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
-        n, top, size = con.execute("SELECT count(*), coalesce(max(seq), 0), coalesce(sum(length(raw)), 0) FROM stored_events"
-                                   ).fetchone()
+        n, top, size = con.execute(
+            "SELECT count(*), coalesce(max(seq), 0), coalesce(sum(length(raw)), 0) FROM stored_events"
+        ).fetchone()
         (q,) = con.execute("SELECT count(*) FROM quarantine").fetchone()
     finally:
         con.close()
@@ -112,8 +115,9 @@ def rows_after(hub: HubProcess, seq: int) -> list[tuple[str, bytes]]:
 def unchanged_before(hub: HubProcess, before: tuple[int, int, int, int]) -> bool:
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
-        n, size = con.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM stored_events WHERE seq <= ?",
-                              (before[1],)).fetchone()
+        n, size = con.execute(
+            "SELECT count(*), coalesce(sum(length(raw)), 0) FROM stored_events WHERE seq <= ?", (before[1],)
+        ).fetchone()
     finally:
         con.close()
     return (n, size) == (before[0], before[2])
@@ -154,7 +158,9 @@ def still_serves(hub: HubProcess) -> None:
     assert status == 200, answer[:300]
 
 
-def raw_exchange(port: int, data: bytes, *, wait: float = 10.0, linger: float | None = None) -> tuple[int | None, bytes]:
+def raw_exchange(
+    port: int, data: bytes, *, wait: float = 10.0, linger: float | None = None
+) -> tuple[int | None, bytes]:
     """Send raw bytes, return (status of the first answer or None if the hub closed without one, answer head)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=wait)
     got = b""
@@ -182,10 +188,17 @@ def raw_exchange(port: int, data: bytes, *, wait: float = 10.0, linger: float | 
 
 # ---- strategies ------------------------------------------------------------------------------------------------
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63 - 2, max_value=2**70),
-                      st.floats(allow_nan=False), st.text(max_size=20))
-json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                          max_leaves=15)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**63 - 2, max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+)
+json_value = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=15
+)
 
 REAL = [e for e in _SAMPLES[:12]]
 
@@ -234,7 +247,11 @@ def mutated_event_bodies(draw) -> bytes:
 def _nested(depth: int, where: str) -> bytes:
     inner = b"[" * depth + b"]" * depth
     if where == "event":
-        return b'{"events":[{"mid":"deep-%d-%s","eid":"LOG","ets":1,"edata":%s}]}' % (depth, uuid.uuid4().hex.encode(), inner)
+        return b'{"events":[{"mid":"deep-%d-%s","eid":"LOG","ets":1,"edata":%s}]}' % (
+            depth,
+            uuid.uuid4().hex.encode(),
+            inner,
+        )
     if where == "envelope":
         return b'{"params":' + inner + b',"events":[]}'
     return b'{"events":[' + inner + b"]}"
@@ -250,13 +267,39 @@ def _text_abuse(which: int, blob: bytes, field: str) -> bytes:
     fields = {"mid": b'"' + mid + b'"', "eid": b'"LOG"', "ets": b"1", "did": b'"d"'}
     fields[field] = value if field != "mid" else b'"' + mid + blob + b'"'
     ctx = b'{"did":' + fields["did"] + b',"channel":' + (value if which % 2 else b'"c"') + b"}"
-    event = b'{"mid":' + fields["mid"] + b',"eid":' + fields["eid"] + b',"ets":' + fields["ets"] + b',"context":' + ctx + b"}"
+    event = (
+        b'{"mid":'
+        + fields["mid"]
+        + b',"eid":'
+        + fields["eid"]
+        + b',"ets":'
+        + fields["ets"]
+        + b',"context":'
+        + ctx
+        + b"}"
+    )
     return b'{"events":[' + event + b"]}"
 
 
-huge_numbers = st.sampled_from([b"1e999", b"-1e999", b"1e-999", b"9223372036854775808", b"-9223372036854775809",
-                                b"18446744073709551616", b"1" * 4000, b"1" * 5000, b"0." + b"0" * 5000 + b"1",
-                                b"NaN", b"Infinity", b"-Infinity", b"1E400", b"-0", b"0e0"])
+huge_numbers = st.sampled_from(
+    [
+        b"1e999",
+        b"-1e999",
+        b"1e-999",
+        b"9223372036854775808",
+        b"-9223372036854775809",
+        b"18446744073709551616",
+        b"1" * 4000,
+        b"1" * 5000,
+        b"0." + b"0" * 5000 + b"1",
+        b"NaN",
+        b"Infinity",
+        b"-Infinity",
+        b"1E400",
+        b"-0",
+        b"0e0",
+    ]
+)
 
 
 def _gzip_bomb(size_mib: int) -> bytes:
@@ -273,22 +316,40 @@ bodies = st.one_of(
     mutated_event_bodies().map(lambda b: (gzip.compress(b), "gzip")),
     st.tuples(mutated_event_bodies(), st.integers(1, 400)).map(lambda t: (gzip.compress(t[0])[: -t[1]], "gzip")),
     st.tuples(mutated_event_bodies(), st.integers(0, 10_000), st.integers(0, 255)).map(
-        lambda t: (_flip(gzip.compress(t[0]), t[1], t[2]), "gzip")),
+        lambda t: (_flip(gzip.compress(t[0]), t[1], t[2]), "gzip")
+    ),
     mutated_event_bodies().map(lambda b: (zlib.compress(b), "deflate")),
     mutated_event_bodies().map(lambda b: (gzip.compress(b) + b"trailing junk", "gzip")),
     mutated_event_bodies().map(lambda b: (b, "gzip")),  # says gzip, is plain
     st.sampled_from([1, 50, 254, 255, 256, 900, 1000, 1025, 5000, 100_000]).flatmap(
-        lambda d: st.sampled_from(["event", "envelope", "events"]).map(lambda w: (_nested(d, w), None))),
+        lambda d: st.sampled_from(["event", "envelope", "events"]).map(lambda w: (_nested(d, w), None))
+    ),
     st.tuples(st.sampled_from(_BAD_UTF8 + _ESCAPES), st.sampled_from(["mid", "eid", "did"]), st.integers(0, 1)).map(
-        lambda t: (_text_abuse(t[2], t[0], t[1]), None)),
-    huge_numbers.map(lambda n: (b'{"events":[{"mid":"num-%s","eid":"LOG","ets":%s}]}' % (uuid.uuid4().hex.encode(), n),
-                                None)),
+        lambda t: (_text_abuse(t[2], t[0], t[1]), None)
+    ),
+    huge_numbers.map(
+        lambda n: (b'{"events":[{"mid":"num-%s","eid":"LOG","ets":%s}]}' % (uuid.uuid4().hex.encode(), n), None)
+    ),
     huge_numbers.map(lambda n: (b'{"events":[],"params":{"msgid":%s}}' % n, None)),
     st.binary(max_size=300).map(lambda b: (b, None)),
-    st.sampled_from([b"", b"{}", b"[]", b"null", b'{"events":{}}', b'{"events":"x"}', b'{"events":[]}',
-                     b'{"events":null}', b'{"events":[1,2,3]}', b'{"events":[{}]}', b'{"events":[],"events":[]}',
-                     b'\xef\xbb\xbf{"events":[]}', b'{"events":[{"mid":"a","eid":"b","ets":1}]]',
-                     b'{"events":[{"mid":"a","eid":"b","ets":1}]} {}']).map(lambda b: (b, None)),
+    st.sampled_from(
+        [
+            b"",
+            b"{}",
+            b"[]",
+            b"null",
+            b'{"events":{}}',
+            b'{"events":"x"}',
+            b'{"events":[]}',
+            b'{"events":null}',
+            b'{"events":[1,2,3]}',
+            b'{"events":[{}]}',
+            b'{"events":[],"events":[]}',
+            b'\xef\xbb\xbf{"events":[]}',
+            b'{"events":[{"mid":"a","eid":"b","ets":1}]]',
+            b'{"events":[{"mid":"a","eid":"b","ets":1}]} {}',
+        ]
+    ).map(lambda b: (b, None)),
 )
 
 
@@ -296,7 +357,7 @@ def _flip(data: bytes, at: int, value: int) -> bytes:
     if not data:
         return data
     i = at % len(data)
-    return data[:i] + bytes([value]) + data[i + 1:]
+    return data[:i] + bytes([value]) + data[i + 1 :]
 
 
 # ---- the device API --------------------------------------------------------------------------------------------
@@ -305,8 +366,9 @@ FUZZ_CASES = 250
 
 
 @pytest.mark.slow
-@settings(max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                          HealthCheck.data_too_large])
+@settings(
+    max_examples=FUZZ_CASES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(case=bodies, encoding=st.sampled_from([None, None, "identity", "br", "gzip, gzip", "x-gzip", "GZIP", "zstd"]))
 def test_fuzz_device_api(hub, case, encoding):
     body, natural = case
@@ -335,8 +397,15 @@ def test_gzip_and_json_bombs_are_cut_off_cheaply(hub):
     """Small on the wire, huge inflated: refused with 413 while streaming, memory stays bounded."""
     pid = hub.proc.pid
     reset_peak(pid)
-    for body in (_gzip_bomb(64), _gzip_bomb(1024), _json_bomb(b"1,"), _json_bomb(b"{},"), _json_bomb(b"[],"),
-                 _json_bomb(b'"",'), _json_bomb(b'{"mid":"x","eid":"y","ets":1},')):
+    for body in (
+        _gzip_bomb(64),
+        _gzip_bomb(1024),
+        _json_bomb(b"1,"),
+        _json_bomb(b"{},"),
+        _json_bomb(b"[],"),
+        _json_bomb(b'"",'),
+        _json_bomb(b'{"mid":"x","eid":"y","ets":1},'),
+    ):
         before = db_fingerprint(hub)
         started = time.monotonic()
         status, answer, rheaders = post(hub, body, {"Content-Encoding": "gzip"})
@@ -352,8 +421,26 @@ def test_gzip_and_json_bombs_are_cut_off_cheaply(hub):
     tally.add(fault_scenarios=1)
 
 
-JSON_TYPES: list[Any] = [None, True, False, 0, -1, 2**63, 10**30, 1.5, 1e308, -1e-300, "", "x", "\u0000", "\ud800",
-                         [], [1, "a", None], {}, {"k": {"k": []}}]
+JSON_TYPES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63,
+    10**30,
+    1.5,
+    1e308,
+    -1e-300,
+    "",
+    "x",
+    "\u0000",
+    "\ud800",
+    [],
+    [1, "a", None],
+    {},
+    {"k": {"k": []}},
+]
 
 
 def test_every_field_of_real_events_in_every_json_type(hub):
@@ -372,7 +459,7 @@ def test_every_field_of_real_events_in_every_json_type(hub):
                 cases.append(m)
     sent: dict[str, bytes] = {}
     for start in range(0, len(cases), 500):
-        chunk = cases[start:start + 500]
+        chunk = cases[start : start + 500]
         raws = [json.dumps(c, separators=(",", ":")).encode() for c in chunk]  # \ud800 as JSON.stringify writes it
         body = b'{"id":"api.sunbird.telemetry","ver":"3.0","events":[' + b",".join(raws) + b"]}"
         status, answer, rheaders = post(hub, gzip.compress(body), {"Content-Encoding": "gzip"})
@@ -389,8 +476,13 @@ def test_every_field_of_real_events_in_every_json_type(hub):
                 # A mid with a lone surrogate cannot serve as the event's identity (two would collide
                 # once stored), so the hub keeps such events in quarantine rather than guess.
                 unicode_mid = isinstance(mid, str) and not any(0xD800 <= ord(ch) <= 0xDFFF for ch in mid)
-                assert not (unicode_mid and mid and isinstance(eid, str)
-                            and isinstance(ets, (int, float)) and not isinstance(ets, bool)), (c, r["quarantined"])
+                assert not (
+                    unicode_mid
+                    and mid
+                    and isinstance(eid, str)
+                    and isinstance(ets, (int, float))
+                    and not isinstance(ets, bool)
+                ), (c, r["quarantined"])
     con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
     try:
         stored = dict(con.execute("SELECT mid, raw FROM stored_events WHERE mid LIKE 'types-%'"))
@@ -403,6 +495,7 @@ def test_every_field_of_real_events_in_every_json_type(hub):
 
 
 # ---- headers and the wire ----------------------------------------------------------------------------------------
+
 
 def _req(headers: bytes, body: bytes = b"", method: bytes = b"POST", path: bytes = PATH.encode()) -> bytes:
     return method + b" " + path + b" HTTP/1.1\r\nHost: hub\r\n" + headers + b"\r\n" + body
@@ -425,11 +518,16 @@ WIRE_CASES: list[tuple[str, bytes]] = [
     ("content-length float", _req(b"Content-Length: 1e3\r\n", b"{}")),
     ("content-length huge", _req(b"Content-Length: 99999999999999999999999\r\n", b"{}")),
     ("two content-lengths", _req(b"Content-Length: 2\r\nContent-Length: 5\r\n", b"{}")),
-    ("content-length and chunked", _req(b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n", b"2\r\n{}\r\n0\r\n\r\n")),
+    (
+        "content-length and chunked",
+        _req(b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n", b"2\r\n{}\r\n0\r\n\r\n"),
+    ),
     ("bad chunk size", _req(b"Transfer-Encoding: chunked\r\n", b"zz\r\n{}\r\n0\r\n\r\n")),
     ("huge chunk size", _req(b"Transfer-Encoding: chunked\r\n", b"ffffffffffffffffff\r\n{}\r\n0\r\n\r\n")),
-    ("chunked over the body limit", _req(b"Transfer-Encoding: chunked\r\n",
-                                         (b"100000\r\n" + b" " * 0x100000 + b"\r\n") * 6 + b"0\r\n\r\n")),
+    (
+        "chunked over the body limit",
+        _req(b"Transfer-Encoding: chunked\r\n", (b"100000\r\n" + b" " * 0x100000 + b"\r\n") * 6 + b"0\r\n\r\n"),
+    ),
     ("transfer-encoding gzip", _req(b"Transfer-Encoding: gzip\r\n", b"{}")),
     ("content-length shorter than body", _req(b"Content-Length: 10\r\n", _ok())),
     ("content-length over the limit, no body", _req(b"Content-Length: 104857600\r\n", b"")),
@@ -491,6 +589,7 @@ def test_body_shorter_than_content_length_times_out(hub):
 def test_upload_that_stalls_is_cut_off(hub):
     """A Share Telemetry upload whose bytes stop arriving gets 408 within server.client_timeout; nothing imported."""
     token = (hub.data_dir / "admin-token").read_text().strip()
+
     def imports() -> int:
         con = sqlite3.connect(hub.data_dir / "hub.db", timeout=30)
         try:
@@ -499,11 +598,20 @@ def test_upload_that_stalls_is_cut_off(hub):
             con.close()
 
     before = imports()
-    head = (b"--b\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n" + token.encode() +
-            b"\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.zip\"\r\n"
-            b"Content-Type: application/zip\r\n\r\nPK\x03\x04")
-    answer, took = _stall(hub, _req(b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n"
-                                    b"Accept: application/json\r\n", head, path=b"/admin/import"))
+    head = (
+        b'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n'
+        + token.encode()
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.zip"\r\n'
+        b"Content-Type: application/zip\r\n\r\nPK\x03\x04"
+    )
+    answer, took = _stall(
+        hub,
+        _req(
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\nAccept: application/json\r\n",
+            head,
+            path=b"/admin/import",
+        ),
+    )
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"stopped arriving" in answer
     assert CLIENT_TIMEOUT - 0.5 < took < CLIENT_TIMEOUT + 2, took
@@ -514,6 +622,7 @@ def test_upload_that_stalls_is_cut_off(hub):
 
 
 # ---- slow clients and floods ---------------------------------------------------------------------------------------
+
 
 async def _trickle(port: int, head: bytes, rest: bytes, outcome: list[tuple[float, bytes]]) -> None:
     """Send `head` at once, then `rest` one byte a second; note when the hub closed the connection and what it said."""
@@ -560,8 +669,22 @@ async def test_slowloris_is_bounded_and_does_not_starve_devices(hub):
         tricklers.append(asyncio.create_task(_trickle(hub.port, head, rest, slow)))
     ledger, stop = Ledger(), asyncio.Event()
     async with aiohttp.ClientSession() as http:
-        devices = [asyncio.create_task(device(http, hub.url, f"fast-{i}", ledger, stop, random.Random(i),
-                                              sizes=(1, 10, 50), pause=0.05, timeout=10)) for i in range(4)]
+        devices = [
+            asyncio.create_task(
+                device(
+                    http,
+                    hub.url,
+                    f"fast-{i}",
+                    ledger,
+                    stop,
+                    random.Random(i),
+                    sizes=(1, 10, 50),
+                    pause=0.05,
+                    timeout=10,
+                )
+            )
+            for i in range(4)
+        ]
         await asyncio.sleep(CLIENT_TIMEOUT + 3)
         stop.set()
         await asyncio.gather(*devices)
@@ -572,8 +695,10 @@ async def test_slowloris_is_bounded_and_does_not_starve_devices(hub):
     assert not ledger.unexpected and ledger.statuses[200] > 20, (dict(ledger.statuses), ledger.unexpected[:3])
     p99 = percentile(ledger.latencies, 99)
     assert p99 < 1.0, f"devices waited up to {p99:.2f}s (p99) while slow clients trickled"
-    print(f"slowloris: 50 slow connections closed after {min(t for t, _ in slow):.1f}-{max(t for t, _ in slow):.1f}s; "
-          f"devices {dict(ledger.statuses)}, p50 {percentile(ledger.latencies, 50) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    print(
+        f"slowloris: 50 slow connections closed after {min(t for t, _ in slow):.1f}-{max(t for t, _ in slow):.1f}s; "
+        f"devices {dict(ledger.statuses)}, p50 {percentile(ledger.latencies, 50) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    )
 
 
 @pytest.mark.slow
@@ -605,7 +730,8 @@ async def test_connection_flood_and_large_requests_stay_bounded(hub):
             if seen[-1] < MAX_CONNECTIONS + 80:
                 break
         assert seen[-1] < MAX_CONNECTIONS + 80, (
-            f"the hub holds {seen[-1]} file descriptors with a limit of {MAX_CONNECTIONS} (seen over 5 s: {seen})")
+            f"the hub holds {seen[-1]} file descriptors with a limit of {MAX_CONNECTIONS} (seen over 5 s: {seen})"
+        )
         template = json.dumps(make_events(1000), separators=(",", ":")).encode()
         ledger = Ledger()
         statuses: dict[Any, int] = {}
@@ -617,8 +743,12 @@ async def test_connection_flood_and_large_requests_stay_bounded(hub):
             body = b'{"id":"api.sunbird.telemetry","ver":"3.0","events":' + events + b"}"
             for attempt in range(20):
                 try:
-                    async with http.post(hub.url + PATH, data=body, headers={"Content-Type": "application/json"},
-                                         timeout=aiohttp.ClientTimeout(total=60)) as r:
+                    async with http.post(
+                        hub.url + PATH,
+                        data=body,
+                        headers={"Content-Type": "application/json"},
+                        timeout=aiohttp.ClientTimeout(total=60),
+                    ) as r:
                         await r.read()
                         key: Any = r.status
                         if r.status == 503:
@@ -652,20 +782,23 @@ async def test_connection_flood_and_large_requests_stay_bounded(hub):
     assert hwm < 800, f"the hub peaked at {hwm} MiB RSS"
     assert fds < MAX_CONNECTIONS + 80
     still_serves(hub)
-    print(f"flood: {n_idle:,} idle sockets + 200 x {len(template) // 1024} KiB requests -> {statuses}; "
-          f"peak RSS {hwm} MiB, {fds} fds after")
+    print(
+        f"flood: {n_idle:,} idle sockets + 200 x {len(template) // 1024} KiB requests -> {statuses}; "
+        f"peak RSS {hwm} MiB, {fds} fds after"
+    )
 
 
 def _mids(events: bytes) -> list[bytes]:
     out, pos = [], 0
     while (i := events.find(b'"mid":"', pos)) >= 0:
         j = events.index(b'"', i + 7)
-        out.append(events[i + 7:j])
+        out.append(events[i + 7 : j])
         pos = j
     return out
 
 
 # ---- share files -----------------------------------------------------------------------------------------------
+
 
 def _valid_archives(tmp: Path) -> list[bytes]:
     out = []
@@ -683,8 +816,16 @@ def _valid_archives(tmp: Path) -> list[bytes]:
     return out
 
 
-_MUTATIONS = st.lists(st.tuples(st.sampled_from(["flip", "cut", "insert", "dup", "zero"]), st.integers(0, 2**20),
-                                st.integers(0, 255), st.integers(1, 64)), min_size=1, max_size=4)
+_MUTATIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "cut", "insert", "dup", "zero"]),
+        st.integers(0, 2**20),
+        st.integers(0, 255),
+        st.integers(1, 64),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 
 def _mutate(data: bytes, ops: list[tuple[str, int, int, int]]) -> bytes:
@@ -700,9 +841,9 @@ def _mutate(data: bytes, ops: list[tuple[str, int, int, int]]) -> bytes:
         elif op == "insert":
             b[i:i] = bytes([value]) * n
         elif op == "dup":
-            b[i:i] = b[i:i + n]
+            b[i:i] = b[i : i + n]
         else:
-            b[i:i + n] = bytes(len(b[i:i + n]))
+            b[i : i + n] = bytes(len(b[i : i + n]))
     return bytes(b)
 
 
@@ -711,8 +852,9 @@ def archives(tmp_path_factory):
     return _valid_archives(tmp_path_factory.mktemp("archives"))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(which=st.integers(0, 4), ops=_MUTATIONS)
 def test_share_file_reader_fuzz(archives, tmp_path, which, ops, caplog):
     """Mutated valid share files: read_share_file returns or raises ShareFileError, never anything else,
@@ -736,8 +878,8 @@ def test_share_file_reader_fuzz(archives, tmp_path, which, ops, caplog):
 
 async def test_share_import_of_mutated_files_changes_nothing(start_hub, tmp_path, archives):
     """Through Importer.import_file on a real store: a refused file leaves the store exactly as it was."""
-    from hub.share import Importer
     from hub.schema import SchemaChecker
+    from hub.share import Importer
 
     rh = await start_hub()
     h = rh.hub
@@ -746,8 +888,15 @@ async def test_share_import_of_mutated_files_changes_nothing(start_hub, tmp_path
     refused = 0
     for n in range(60):
         data = archives[n % len(archives)]
-        ops = [(rng.choice(["flip", "cut", "insert", "dup", "zero"]), rng.randrange(len(data)), rng.randrange(256),
-                rng.randint(1, 64)) for _ in range(rng.randint(1, 3))]
+        ops = [
+            (
+                rng.choice(["flip", "cut", "insert", "dup", "zero"]),
+                rng.randrange(len(data)),
+                rng.randrange(256),
+                rng.randint(1, 64),
+            )
+            for _ in range(rng.randint(1, 3))
+        ]
         path = tmp_path / f"m{n}.zip"
         path.write_bytes(_mutate(data, ops))
         before = rh.rows("SELECT count(*), coalesce(sum(length(raw)), 0) FROM stored_events")

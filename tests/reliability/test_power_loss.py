@@ -52,11 +52,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.hubproc import HubProcess
+from support.hubs import write_config
 from support.upstream import FakeUpstream
 
 from reliability import tally
 from reliability.helpers import Ledger, device, duplicate_rows, require
-from support.hubs import write_config
 
 pytestmark = pytest.mark.slow  # power cuts (write journal, block devices)
 
@@ -73,8 +73,11 @@ def compile_shim(out_dir: Path) -> Path:
     gcc = shutil.which("gcc") or shutil.which("cc")
     require(gcc is not None, "gcc is needed to build the fsjournal LD_PRELOAD shim")
     so = out_dir / "fsjournal.so"
-    subprocess.run([gcc, "-O2", "-shared", "-fPIC", "-o", str(so), str(SHIM_SOURCE), "-ldl", "-lpthread"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [gcc, "-O2", "-shared", "-fPIC", "-o", str(so), str(SHIM_SOURCE), "-ldl", "-lpthread"],
+        check=True,
+        capture_output=True,
+    )
     return so
 
 
@@ -101,7 +104,7 @@ def read_journal(path: Path) -> list[Rec]:
         pos += _HEAD.size
         data = None
         if op == ord("W"):
-            data = raw[pos:pos + length]
+            data = raw[pos : pos + length]
             pos += length
         out.append(Rec(chr(op), file, offset, length, data, pos))
     return out
@@ -138,11 +141,11 @@ def crash_state(records: list[Rec], cut: int, rng: random.Random, keep: float) -
                 while pos < r.offset + r.length:
                     nxt = min(r.offset + r.length, (pos // SECTOR + 1) * SECTOR)
                     if rng.random() < keep:
-                        _apply(image, pos, r.data[pos - r.offset:nxt - r.offset])
+                        _apply(image, pos, r.data[pos - r.offset : nxt - r.offset])
                     pos = nxt
         elif r.op == "T":
             if durable or rng.random() < keep:
-                del image[r.length:]
+                del image[r.length :]
                 if len(image) < r.length:
                     image.extend(bytes(r.length - len(image)))
         elif r.op == "U":
@@ -182,18 +185,26 @@ def _duplicates(con: sqlite3.Connection) -> str:
     return f"; mids stored more than once: {dupes}" if dupes else ""
 
 
-async def run_journaled_hub(tmp_path: Path, seconds: float, extra_env: dict[str, str] | None = None
-                            ) -> tuple[Ledger, Path]:
+async def run_journaled_hub(
+    tmp_path: Path, seconds: float, extra_env: dict[str, str] | None = None
+) -> tuple[Ledger, Path]:
     """Run a hub under the shim with devices syncing and upstream flapping, then cut its power (SIGKILL)."""
     so = compile_shim(tmp_path)
     journal = tmp_path / "fsjournal.log"
     data = tmp_path / "data"
     fake = FakeUpstream(seed=5, fail_rate=0.2)
     await fake.start()
-    cfg = write_config(tmp_path / "hub.toml",
-                       upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3, "probe_interval": 0.2,
-                                 "batch_events": 100},
-                       store={"min_free_bytes": "1 MiB"})
+    cfg = write_config(
+        tmp_path / "hub.toml",
+        upstream={
+            "url": fake.url,
+            "backoff_initial": 0.05,
+            "backoff_max": 0.3,
+            "probe_interval": 0.2,
+            "batch_events": 100,
+        },
+        store={"min_free_bytes": "1 MiB"},
+    )
     env = {"LD_PRELOAD": str(so), "FSJ_LOG": str(journal), "FSJ_DIR": str(data), **(extra_env or {})}
     hub = HubProcess(data, config=cfg, env=env)
     ledger = Ledger()
@@ -207,8 +218,21 @@ async def run_journaled_hub(tmp_path: Path, seconds: float, extra_env: dict[str,
     try:
         await asyncio.to_thread(hub.start)
         async with aiohttp.ClientSession() as http:
-            devices = [asyncio.create_task(device(http, hub.url, f"pl-{i}", ledger, stop, random.Random(rng.random()),
-                                                  sizes=(1, 2, 10, 50), mark=mark)) for i in range(4)]
+            devices = [
+                asyncio.create_task(
+                    device(
+                        http,
+                        hub.url,
+                        f"pl-{i}",
+                        ledger,
+                        stop,
+                        random.Random(rng.random()),
+                        sizes=(1, 2, 10, 50),
+                        mark=mark,
+                    )
+                )
+                for i in range(4)
+            ]
             await asyncio.sleep(seconds)
             hub.kill()  # the power goes: whatever the journal shows was handed to the kernel, nothing more
             stop.set()
@@ -257,8 +281,10 @@ async def test_power_cut_replayed_from_write_journal(tmp_path):
         tally.add(power_cuts=1, acked_checked=len(must), lost_events=len(missing))
         checked += 1
         if integrity != "ok" or missing or invented:
-            failures.append(f"cut at {cut} (keep {keep}): integrity {integrity!r}, {len(missing)} of {len(must)} "
-                            f"acked missing, {len(invented)} invented")
+            failures.append(
+                f"cut at {cut} (keep {keep}): integrity {integrity!r}, {len(missing)} of {len(must)} "
+                f"acked missing, {len(invented)} invented"
+            )
     assert not failures, f"seed {seed}, {len(records)} journal records, {syncs} syncs:\n" + "\n".join(failures[:10])
     assert not ledger.unexpected, ledger.unexpected[:5]
     print(f"write journal: {len(records)} records, {syncs} syncs, {len(ledger.acked)} acked, {checked} crash states ok")
@@ -272,14 +298,16 @@ async def test_power_cut_oracle_catches_unsynced_acks(tmp_path):
     """
     patch = tmp_path / "patch"
     patch.mkdir()
-    (patch / "sitecustomize.py").write_text(textwrap.dedent("""
+    (patch / "sitecustomize.py").write_text(
+        textwrap.dedent("""
         import hub.store as _store
         _open = _store.Store.open
         async def _open_without_fsync(self):
             await _open(self)
             await self._db.execute("PRAGMA synchronous=OFF")
         _store.Store.open = _open_without_fsync
-    """))
+    """)
+    )
     pythonpath = os.pathsep.join([str(patch), *filter(None, [os.environ.get("PYTHONPATH")])])
     ledger, journal = await run_journaled_hub(tmp_path, seconds=1.5, extra_env={"PYTHONPATH": pythonpath})
     records = read_journal(journal)
@@ -353,17 +381,28 @@ async def test_power_cut_block_device(tmp_path, upstream):
     try:
         await disks.ext4(tmp_path / "outer.img", 256, outer)
         await disks.ext4(outer / "device-b.img", 160, inner)
-        cfg = write_config(tmp_path / "hub.toml",
-                           upstream={"url": fake.url, "backoff_initial": 0.05, "backoff_max": 0.3,
-                                     "probe_interval": 0.2, "batch_events": 100},
-                           store={"min_free_bytes": "1 MiB"})
+        cfg = write_config(
+            tmp_path / "hub.toml",
+            upstream={
+                "url": fake.url,
+                "backoff_initial": 0.05,
+                "backoff_max": 0.3,
+                "probe_interval": 0.2,
+                "batch_events": 100,
+            },
+            store={"min_free_bytes": "1 MiB"},
+        )
         hub = HubProcess(inner / "data", config=cfg)
         hub.log_path = tmp_path / "hub.log"
         await asyncio.to_thread(hub.start)
         flapper = fake.flap(0.5, 0.3)
         async with aiohttp.ClientSession() as http:
-            devices = [asyncio.create_task(device(http, hub.url, f"blk-{i}", ledger, stop, random.Random(i),
-                                                  sizes=(1, 5, 20, 100))) for i in range(4)]
+            devices = [
+                asyncio.create_task(
+                    device(http, hub.url, f"blk-{i}", ledger, stop, random.Random(i), sizes=(1, 5, 20, 100))
+                )
+                for i in range(4)
+            ]
             for n in range(4):
                 await asyncio.sleep(rng.uniform(0.5, 1.5))
                 snap = tmp_path / f"cut-{n}.img"

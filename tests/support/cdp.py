@@ -35,10 +35,17 @@ import pytest
 __all__ = ["Browser", "CDPError", "chromium_or_skip"]
 
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--disable-dev-shm-usage",  # containers give /dev/shm 64 MiB; Chromium then crashes on big pages
-    "--no-default-browser-check", "--mute-audio",
+    "--no-default-browser-check",
+    "--mute-audio",
 )
 _START_TIMEOUT_S = 20.0
 _POLL_S = 0.05
@@ -65,8 +72,13 @@ def chromium_or_skip() -> str:
 class Browser:
     """One headless Chromium with one page (tab), driven through a flattened CDP session."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], user_dir: Path, http: aiohttp.ClientSession,
-                 ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        user_dir: Path,
+        http: aiohttp.ClientSession,
+        ws: aiohttp.ClientWebSocketResponse,
+    ) -> None:
         self.proc = proc
         self.user_dir = user_dir
         self._http = http
@@ -80,8 +92,16 @@ class Browser:
         self.target: str | None = None
 
     @classmethod
-    async def launch(cls, user_dir: Path, *, binary: str | None = None, extra_args: Sequence[str] = (),
-                     width: int = 1024, height: int = 768, mobile: bool = False) -> Browser:
+    async def launch(
+        cls,
+        user_dir: Path,
+        *,
+        binary: str | None = None,
+        extra_args: Sequence[str] = (),
+        width: int = 1024,
+        height: int = 768,
+        mobile: bool = False,
+    ) -> Browser:
         """Start Chromium with a fresh profile in user_dir and open one blank page (mobile: a phone's viewport)."""
         binary = binary or chromium_or_skip()
         user_dir = Path(user_dir)
@@ -89,10 +109,18 @@ class Browser:
         port_file = user_dir / "DevToolsActivePort"
         port_file.unlink(missing_ok=True)
         log = open(user_dir.parent / f"{user_dir.name}.log", "ab")
-        args = [binary, *FLAGS, f"--user-data-dir={user_dir}", "--remote-debugging-port=0",
-                f"--window-size={width},{height}", *extra_args, "about:blank"]
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        args = [
+            binary,
+            *FLAGS,
+            f"--user-data-dir={user_dir}",
+            "--remote-debugging-port=0",
+            f"--window-size={width},{height}",
+            *extra_args,
+            "about:blank",
+        ]
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         log.close()
         try:
             ws_path = await cls._wait_port_file(proc, port_file)
@@ -118,8 +146,10 @@ class Browser:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"chromium exited with {proc.returncode} before it listened; "
-                                   f"see {port_file.parent.parent / (port_file.parent.name + '.log')}")
+                raise RuntimeError(
+                    f"chromium exited with {proc.returncode} before it listened; "
+                    f"see {port_file.parent.parent / (port_file.parent.name + '.log')}"
+                )
             try:
                 lines = port_file.read_text().split()
             except FileNotFoundError:
@@ -132,13 +162,14 @@ class Browser:
     async def _open_page(self, width: int, height: int, mobile: bool) -> None:
         created = await self.send("Target.createTarget", {"url": "about:blank"}, session=False)
         self.target = created["targetId"]
-        attached = await self.send("Target.attachToTarget", {"targetId": self.target, "flatten": True},
-                                   session=False)
+        attached = await self.send("Target.attachToTarget", {"targetId": self.target, "flatten": True}, session=False)
         self.session = attached["sessionId"]
         for domain in ("Page", "Runtime", "DOM"):
             await self.send(f"{domain}.enable")
-        await self.send("Emulation.setDeviceMetricsOverride",
-                        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+        await self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
 
     # ---- protocol ----------------------------------------------------------------------------------------------
 
@@ -160,8 +191,9 @@ class Browser:
                 if not fut.done():
                     fut.set_exception(CDPError("the browser connection closed"))
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, *, session: bool = True,
-                   timeout: float = 30.0) -> dict[str, Any]:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, *, session: bool = True, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """Send one CDP command (to the page session unless session=False) and return its result."""
         msg: dict[str, Any] = {"id": next(self._ids), "method": method, "params": params or {}}
         if session and self.session:
@@ -202,8 +234,9 @@ class Browser:
 
     async def eval(self, expression: str) -> Any:
         """Evaluate JavaScript in the page (promises awaited) and return the value as JSON."""
-        result = await self.send("Runtime.evaluate",
-                                 {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        result = await self.send(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}
+        )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")
@@ -224,8 +257,9 @@ class Browser:
 
     async def fill(self, selector: str, value: str) -> None:
         """Type a value into an input (focus it, then insert the text as keyboard input would)."""
-        await self.eval(f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
-                        " el.focus(); el.value = ''; })()")
+        await self.eval(
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)}); el.focus(); el.value = ''; }})()"
+        )
         await self.send("Input.insertText", {"text": value})
 
     async def click(self, selector: str) -> None:
@@ -233,13 +267,15 @@ class Browser:
         box = await self.eval(
             f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
             " if (!el) return null; el.scrollIntoView({block: 'center'});"
-            " const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+            " const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         if box is None:
             raise CDPError(f"no element matches {selector!r}")
         x, y = box
         for kind in ("mousePressed", "mouseReleased"):
-            await self.send("Input.dispatchMouseEvent",
-                            {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+            await self.send(
+                "Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}
+            )
 
     async def wait_for(self, condition: str, timeout: float = 15.0) -> Any:
         """Poll a JavaScript expression until it is truthy (navigations in between are fine); return its value."""

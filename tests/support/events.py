@@ -34,8 +34,9 @@ def sample_events() -> list[dict[str, Any]]:
 _SAMPLES = sample_events()
 
 
-def make_events(n: int, *, did: str = "device-1", channel: str | None = None, pdata: str | None = None,
-                prefix: str = "") -> list[dict[str, Any]]:
+def make_events(
+    n: int, *, did: str = "device-1", channel: str | None = None, pdata: str | None = None, prefix: str = ""
+) -> list[dict[str, Any]]:
     """n distinct, schema-valid events shaped like the sample (about 1 KB each)."""
     out = []
     for i in range(n):
@@ -54,21 +55,41 @@ def make_events(n: int, *, did: str = "device-1", channel: str | None = None, pd
 def mobile_request(events: list[dict[str, Any]], did: str = "device-1") -> tuple[bytes, dict[str, str]]:
     """What the Sunbird mobile app sends: gzip, ekstep envelope, its headers."""
     msgid = str(uuid.uuid4())
-    env = {"id": "ekstep.telemetry", "ver": "1.0", "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "events": events,
-           "params": {"did": did, "msgid": msgid, "key": "", "requesterId": ""}}
-    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "Accept": "application/json",
-               "X-Channel-Id": "channel-1", "X-App-Id": "prod.diksha.app", "X-Device-Id": did,
-               "Authorization": "Bearer app-token"}
+    env = {
+        "id": "ekstep.telemetry",
+        "ver": "1.0",
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "events": events,
+        "params": {"did": did, "msgid": msgid, "key": "", "requesterId": ""},
+    }
+    headers = {
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+        "Accept": "application/json",
+        "X-Channel-Id": "channel-1",
+        "X-App-Id": "prod.diksha.app",
+        "X-Device-Id": did,
+        "Authorization": "Bearer app-token",
+    }
     return gzip.compress(_compact(env)), headers
 
 
 def js_request(events: list[dict[str, Any]], token: str | None = None) -> tuple[bytes, dict[str, str]]:
     """What the telemetry JS library sends: plain JSON, md5 msgid, often no X-Device-Id."""
     msgid = hashlib.md5(json.dumps(events).encode()).hexdigest()
-    env = {"id": "api.sunbird.telemetry", "ver": "3.0", "params": {"msgid": msgid},
-           "ets": int(time.time() * 1000), "events": events}
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token or ''}",
-               "x-app-id": "prod.sunbird.portal", "x-channel-id": "channel-1"}
+    env = {
+        "id": "api.sunbird.telemetry",
+        "ver": "3.0",
+        "params": {"msgid": msgid},
+        "ets": int(time.time() * 1000),
+        "events": events,
+    }
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {token or ''}",
+        "x-app-id": "prod.sunbird.portal",
+        "x-channel-id": "channel-1",
+    }
     return _compact(env), headers
 
 

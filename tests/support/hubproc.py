@@ -22,8 +22,15 @@ def free_port() -> int:
 class HubProcess:
     """A hub subprocess on 127.0.0.1 with its own data dir; restartable on the same port."""
 
-    def __init__(self, data_dir: Path, *, config: Path | None = None, extra: list[str] | None = None,
-                 env: dict[str, str | None] | None = None, discovery: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        config: Path | None = None,
+        extra: list[str] | None = None,
+        env: dict[str, str | None] | None = None,
+        discovery: bool = False,
+    ) -> None:
         self.data_dir = data_dir
         self.config = config
         # mDNS stays off unless a test asks for it: tests must not announce themselves on a real LAN.
@@ -42,8 +49,16 @@ class HubProcess:
         args = [sys.executable, "-m", "hub"]
         if self.config:
             args += ["--config", str(self.config)]
-        return args + ["run", "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
-                       *self.extra]
+        return args + [
+            "run",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+        ]
 
     def environment(self) -> dict[str, str]:
         """os.environ plus the test's variables; a variable given as None is removed."""
@@ -90,7 +105,7 @@ class HubProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> "HubProcess":
+    def __enter__(self) -> HubProcess:
         self.start()
         return self
 

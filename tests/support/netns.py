@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Lab", "Proc", "NetnsUnavailable", "ROOT"]
+__all__ = ["ROOT", "Lab", "NetnsUnavailable", "Proc"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 _counter = itertools.count()

@@ -43,16 +43,27 @@ def odd_events() -> list[bytes]:
 
 def mobile_envelope(events: Sequence[bytes], mid: str, did: str = DID, *, sep: bytes = b",") -> bytes:
     """The mobile SDK batch envelope (contract 1.4) around raw event bytes."""
-    head = json.dumps({"id": "ekstep.telemetry", "ver": "1.0", "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                       "params": {"did": did, "msgid": mid, "key": "", "requesterId": ""}},
-                      separators=(",", ":")).encode()
+    head = json.dumps(
+        {
+            "id": "ekstep.telemetry",
+            "ver": "1.0",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "params": {"did": did, "msgid": mid, "key": "", "requesterId": ""},
+        },
+        separators=(",", ":"),
+    ).encode()
     return head[:-1] + b',"events":[' + sep.join(events) + b"]}"
 
 
 def desktop_envelope(events: Sequence[bytes]) -> bytes:
     """The desktop/OpenRAP batch envelope: no params, events first (as in the real sample)."""
-    return (b'{"ts":' + str(int(time.time() * 1000)).encode() + b',"events":[' + b",".join(events)
-            + b'],"id":"api.telemetry","ver":"1.0"}')
+    return (
+        b'{"ts":'
+        + str(int(time.time() * 1000)).encode()
+        + b',"events":['
+        + b",".join(events)
+        + b'],"id":"api.telemetry","ver":"1.0"}'
+    )
 
 
 def utf8_mangle(gz: bytes) -> bytes:
@@ -72,8 +83,14 @@ class Archive:
         return {"manifest.json": json.dumps(self.manifest).encode(), **self.files}
 
 
-def make_archive(batches: Sequence[Sequence[bytes]], *, style: str = "mobile", mangled: bool = False,
-                 did: str = DID, producer: dict[str, Any] | None = None) -> Archive:
+def make_archive(
+    batches: Sequence[Sequence[bytes]],
+    *,
+    style: str = "mobile",
+    mangled: bool = False,
+    did: str = DID,
+    producer: dict[str, Any] | None = None,
+) -> Archive:
     """An archive as the mobile app (files named <mid>, size 1) or desktop app (<mid>.gz, real sizes) writes it."""
     items, files, mids = [], {}, []
     for events in batches:
@@ -86,15 +103,30 @@ def make_archive(batches: Sequence[Sequence[bytes]], *, style: str = "mobile", m
             name, size, exploded = f"{mid}.gz", len(body), len(body)
         files[name] = utf8_mangle(body) if mangled else body
         mids.append(mid)
-        items.append({"file": name, "mid": mid, "eventsCount": len(events), "size": size,
-                      "objectType": "telemetry", "contentEncoding": "gzip", "explodedSize": exploded})
-    manifest = {"id": "sunbird.data.archive", "ver": "1.0", "ts": "2024-05-01T10:20:30.123Z",
-                "producer": producer or PRODUCER, "archive": {"count": len(items), "items": items}}
+        items.append(
+            {
+                "file": name,
+                "mid": mid,
+                "eventsCount": len(events),
+                "size": size,
+                "objectType": "telemetry",
+                "contentEncoding": "gzip",
+                "explodedSize": exploded,
+            }
+        )
+    manifest = {
+        "id": "sunbird.data.archive",
+        "ver": "1.0",
+        "ts": "2024-05-01T10:20:30.123Z",
+        "producer": producer or PRODUCER,
+        "archive": {"count": len(items), "items": items},
+    }
     return Archive(manifest, files, mids)
 
 
-def write_zip(path: Path, entries: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *,
-              method: int = zipfile.ZIP_DEFLATED) -> Path:
+def write_zip(
+    path: Path, entries: Mapping[str, bytes] | Iterable[tuple[str, bytes]], *, method: int = zipfile.ZIP_DEFLATED
+) -> Path:
     """Zip entries verbatim (names are not sanitised, duplicates allowed) so hostile archives can be built."""
     pairs = entries.items() if isinstance(entries, Mapping) else entries
     with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
@@ -106,8 +138,9 @@ def write_zip(path: Path, entries: Mapping[str, bytes] | Iterable[tuple[str, byt
     return path
 
 
-def build_archive(path: Path, batches: Sequence[Sequence[bytes]], *, method: int = zipfile.ZIP_DEFLATED,
-                  **kw: Any) -> Archive:
+def build_archive(
+    path: Path, batches: Sequence[Sequence[bytes]], *, method: int = zipfile.ZIP_DEFLATED, **kw: Any
+) -> Archive:
     """make_archive + write_zip in one step."""
     arch = make_archive(batches, **kw)
     write_zip(path, arch.entries(), method=method)
@@ -119,28 +152,45 @@ def gsa_data(envelope: bytes) -> str:
     return gzip.compress(envelope).decode("latin-1")
 
 
-def build_gsa(path: Path, batches: Sequence[Sequence[bytes]], *, did: str = DID, export_id: str | None = None,
-              meta: Mapping[str, Any] | None = None, counts: Sequence[int] | None = None,
-              tables: Sequence[str] = ("meta_data", "processed_telemetry")) -> list[str]:
+def build_gsa(
+    path: Path,
+    batches: Sequence[Sequence[bytes]],
+    *,
+    did: str = DID,
+    export_id: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    counts: Sequence[int] | None = None,
+    tables: Sequence[str] = ("meta_data", "processed_telemetry"),
+) -> list[str]:
     """A legacy .gsa export per contract 4.2; returns the batch msgids. meta/counts override what it says."""
     mids = [str(uuid.uuid4()) for _ in batches]
     total = sum(len(b) for b in batches)
-    values: dict[str, Any] = {"version": "1", "types": '["telemetry"]', "did": did,
-                              "export_id": export_id or str(uuid.uuid4()), "events_count": str(total)}
+    values: dict[str, Any] = {
+        "version": "1",
+        "types": '["telemetry"]',
+        "did": did,
+        "export_id": export_id or str(uuid.uuid4()),
+        "events_count": str(total),
+    }
     values.update(meta or {})
     con = sqlite3.connect(path)
     try:
         if "processed_telemetry" in tables:
-            con.execute("CREATE TABLE processed_telemetry (_id INTEGER PRIMARY KEY, msg_id TEXT, data TEXT, "
-                        "event_count INTEGER, priority INTEGER)")
+            con.execute(
+                "CREATE TABLE processed_telemetry (_id INTEGER PRIMARY KEY, msg_id TEXT, data TEXT, "
+                "event_count INTEGER, priority INTEGER)"
+            )
             for i, (mid, events) in enumerate(zip(mids, batches)):
                 n = counts[i] if counts is not None else len(events)
-                con.execute("INSERT INTO processed_telemetry (msg_id, data, event_count, priority) VALUES (?,?,?,1)",
-                            (mid, gsa_data(mobile_envelope(events, mid, did)), n))
+                con.execute(
+                    "INSERT INTO processed_telemetry (msg_id, data, event_count, priority) VALUES (?,?,?,1)",
+                    (mid, gsa_data(mobile_envelope(events, mid, did)), n),
+                )
         if "meta_data" in tables:
             con.execute("CREATE TABLE meta_data (_id INTEGER PRIMARY KEY, key TEXT, value TEXT)")
-            con.executemany("INSERT INTO meta_data (key, value) VALUES (?, ?)",
-                            [(k, v) for k, v in values.items() if v is not None])
+            con.executemany(
+                "INSERT INTO meta_data (key, value) VALUES (?, ?)", [(k, v) for k, v in values.items() if v is not None]
+            )
             con.execute("INSERT INTO meta_data (key, value) VALUES ('FILE_SIZE', '4096')")
         con.execute("CREATE TABLE IF NOT EXISTS other (x)")
         con.commit()
@@ -197,12 +247,48 @@ def raw_zip(path: Path, entries: Sequence[RawEntry]) -> Path:
     out, central = bytearray(), bytearray()
     for e in entries:
         offset = len(out)
-        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, e.flags, e.method, 0, 33, e.crc, len(e.data),
-                           e.file_size, len(e.name), 0) + e.name + e.data
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, e.flags, e.method, 0, 33, e.crc,
-                               len(e.data), e.file_size, len(e.name), 0, 0, 0, 0, 0, offset) + e.name
-    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central),
-                                 len(out), 0)
+        out += (
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                20,
+                e.flags,
+                e.method,
+                0,
+                33,
+                e.crc,
+                len(e.data),
+                e.file_size,
+                len(e.name),
+                0,
+            )
+            + e.name
+            + e.data
+        )
+        central += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                e.flags,
+                e.method,
+                0,
+                33,
+                e.crc,
+                len(e.data),
+                e.file_size,
+                len(e.name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + e.name
+        )
+    out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), len(out), 0)
     path.write_bytes(bytes(out))
     return path
 
@@ -223,9 +309,16 @@ def zip_bomb(path: Path, size: int = 1024 * MiB, declared: int | None = None) ->
     body = zeros_deflate(size)
     mid = str(uuid.uuid4())
     manifest = make_archive([]).manifest
-    manifest["archive"] = {"count": 1, "items": [{"file": mid, "mid": mid, "eventsCount": 1, "size": 1,
-                                                  "objectType": "telemetry", "contentEncoding": "gzip"}]}
-    return raw_zip(path, [
-        deflated_entry("manifest.json", json.dumps(manifest).encode()),
-        RawEntry(mid.encode(), body, zipfile.ZIP_DEFLATED, 0, declared if declared is not None else 2 * len(body)),
-    ])
+    manifest["archive"] = {
+        "count": 1,
+        "items": [
+            {"file": mid, "mid": mid, "eventsCount": 1, "size": 1, "objectType": "telemetry", "contentEncoding": "gzip"}
+        ],
+    }
+    return raw_zip(
+        path,
+        [
+            deflated_entry("manifest.json", json.dumps(manifest).encode()),
+            RawEntry(mid.encode(), body, zipfile.ZIP_DEFLATED, 0, declared if declared is not None else 2 * len(body)),
+        ],
+    )

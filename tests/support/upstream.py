@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["Attempt", "BatchRecord", "FakeUpstream", "IgnoredRequest", "TELEMETRY_PATHS", "main"]
+__all__ = ["TELEMETRY_PATHS", "Attempt", "BatchRecord", "FakeUpstream", "IgnoredRequest", "main"]
 
 log = logging.getLogger("upstream")
 
@@ -39,7 +39,7 @@ EXPRESS_JSON_LIMIT = 5 * 1024 * 1024  # body-parser json limit '5mb', applied af
 SHUTDOWN_TIMEOUT_S = 0.25  # stop() must not wait on a hung handler for long
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 _HTML = {"Content-Type": "text/html; charset=utf-8"}
-_DIGEST: web.RequestKey[_Digest] = web.RequestKey("digest", object)  # type: ignore[arg-type]
+_DIGEST: web.RequestKey[_Digest] = web.RequestKey("digest", object)
 _TEXT_STATUS = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 
 
@@ -443,8 +443,9 @@ class FakeUpstream:
     def _attempt(self, request: web.BaseRequest, started: float, status: int | None) -> None:
         if request.path in TELEMETRY_PATHS:
             digest = request.get(_DIGEST)
-            self.attempts.append(Attempt(started, status, digest.msgid if digest else None,
-                                         list(digest.mids) if digest else None))
+            self.attempts.append(
+                Attempt(started, status, digest.msgid if digest else None, list(digest.mids) if digest else None)
+            )
 
     def _other(self, request: web.BaseRequest) -> web.Response:
         if request.path == "/health" and request.method in ("GET", "HEAD"):
@@ -474,7 +475,9 @@ class FakeUpstream:
         rate = self._rate
         if rate.remaining > 0:
             rate.remaining -= 1
-            msg = b'{"message":"API rate limit exceeded"}' if rate.status == 429 else b'{"message":"Service unavailable"}'
+            msg = (
+                b'{"message":"API rate limit exceeded"}' if rate.status == 429 else b'{"message":"Service unavailable"}'
+            )
             return _json(rate.status, msg, {"Retry-After": str(rate.retry_after)}), 0
         # The service: body-parser json({limit: '5mb'}) with inflate.
         ctype = request.headers.get("Content-Type")
@@ -602,7 +605,11 @@ class FakeUpstream:
     def _fault_state(self) -> dict[str, Any]:
         faults = {name: getattr(self, name) for name in _Faults.__dataclass_fields__}
         faults["reject_mids"] = sorted(self.reject_mids)
-        faults["rate_limit"] = {"count": self._rate.remaining, "retry_after": self._rate.retry_after, "status": self._rate.status}
+        faults["rate_limit"] = {
+            "count": self._rate.remaining,
+            "retry_after": self._rate.retry_after,
+            "status": self._rate.status,
+        }
         faults["flapping"] = self._flap_task is not None
         faults["record_events"] = self.record_events
         return faults
@@ -684,7 +691,7 @@ def _inflate(body: bytes, encoding: str, limit: int | None) -> bytes:
 def _bound_port(site: web.TCPSite) -> int:
     server = site._server
     assert server is not None
-    return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+    return int(server.sockets[0].getsockname()[1])
 
 
 def _ets() -> int:

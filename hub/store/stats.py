@@ -1,0 +1,38 @@
+"""The store's figures: what a request became, and the live counts health checks read from memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["AddResult", "StoreStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """What one request's events became once committed."""
+
+    new: int
+    duplicates: int
+    quarantined: int
+
+
+@dataclass
+class StoreStats:
+    """Live figures kept in memory so health checks never scan the table."""
+
+    backlog: int = 0
+    delivered: int = 0
+    dead_letters: int = 0
+    stored_total: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    commits: int = 0
+    committed_requests: int = 0
+    last_commit_at: float = 0.0
+    last_commit_s: float = 0.0
+    last_group_events: int = 0
+    db_bytes: int = 0
+    free_bytes: int = 0
+    full_reason: str | None = None
+    schema_warnings: dict[str, int] = field(default_factory=dict)
+    schema_unchecked: int = 0
