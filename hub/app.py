@@ -129,6 +129,9 @@ class Hub:
         self.forwarder = forwarder = Forwarder(store, cfg.upstream, make_sink(cfg, self.hub_id))
         facts = StatusFacts(store, ingest.counters, forwarder, cfg, version=__version__, hub_id=self.hub_id)
         metrics = Metrics(store, ingest.counters, forwarder, version=__version__, hub_id=self.hub_id)
+        # The parts do not hook themselves onto each other: the wiring is all here.
+        forwarder.observers += [facts.on_batch, metrics.on_batch]
+        store.on_group_commit(metrics.on_commit)
         status = StatusPages(facts, metrics, admin, cookie_key=self.admin_token)
         share = ShareHandlers(
             Importer(store, cfg, schema=ingest.schema), cfg, admin=admin, db_path=store.path, hub_id=self.hub_id

@@ -86,9 +86,8 @@ class StatusFacts:
         self.hub_id = hub_id
         self.started_at = time.time()
         self._down_since: float | None = None
-        forwarder.observers.append(self._on_batch)
 
-    def _on_batch(self, kind: str, outcome: Outcome, n_events: int, seconds: float) -> None:
+    def on_batch(self, kind: str, outcome: Outcome, n_events: int, seconds: float) -> None:
         """Remember since when upstream has been unreachable (the forwarder keeps only the current state)."""
         if kind == "network":
             if self._down_since is None:

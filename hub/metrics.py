@@ -157,14 +157,14 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_LiveCollector(self))
-        store.on_group_commit(self._on_commit)
-        forwarder.observers.append(self._on_batch)
 
-    def _on_commit(self, seconds: float, n_events: int) -> None:
+    def on_commit(self, seconds: float, n_events: int) -> None:
+        """Observe one group commit (the composition root hooks this to the store)."""
         self.commit_seconds.observe(seconds)
         self.commit_events.observe(n_events)
 
-    def _on_batch(self, kind: str, outcome: Outcome, n_events: int, seconds: float) -> None:
+    def on_batch(self, kind: str, outcome: Outcome, n_events: int, seconds: float) -> None:
+        """Observe one upstream request (the composition root hooks this to the forwarder)."""
         self.batch_seconds.labels(kind).observe(seconds)
         self.batch_events.labels(kind).observe(n_events)
 
