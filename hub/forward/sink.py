@@ -20,10 +20,17 @@ __all__ = ["Encoded", "Outcome", "Sink"]
 #   auth        the key is refused: wait for a new key, keep everything
 #   too-large   halve the batch (one event: dead letter)
 #   bad-request split the batch until the refused events stand alone, then dead-letter them
+#               (also a request the hub could not even build from the batch: status None)
 #   throttled   wait (Retry-After if given), then the same batch again
 #   server      back off, then the same batch again
 #   network     the link is down: wait for the probe or the backoff, then the same batch again
-OUTCOME_KINDS = ("ok", "auth", "too-large", "bad-request", "throttled", "server", "network")
+#   intercepted a 2xx that is not upstream's acknowledgement (captive portal, data-pack page, proxy):
+#               nothing is delivered; back off, then the same batch again
+#   moved       a 3xx: not followed (the key must not go elsewhere); back off long, the same batch again
+#   error       the request failed in the hub in an unexpected way: back off, the same batch again
+OUTCOME_KINDS = (
+    "ok", "auth", "too-large", "bad-request", "throttled", "server", "network", "intercepted", "moved", "error",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

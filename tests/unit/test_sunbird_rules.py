@@ -6,15 +6,149 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hub.forward.sunbird_http import classify, retry_after_seconds, without_credentials
+from hub.forward.sunbird_http import (
+    answer_says,
+    classify,
+    header_safe,
+    redirect_target,
+    retry_after_seconds,
+    without_credentials,
+)
 
 NOW = datetime(2024, 1, 1, 12, 0, 0, tzinfo=UTC)  # a Monday
 
+# The answers sunbird-contract.md 1.6 lists as success: the telemetry service's, the standard Sunbird
+# envelope (the desktop app, and this hub to another hub), and the legacy EkStep API's.
+SERVICE_OK = '{"id":"api.telemetry","ver":"1.0","ets":1714558830123,"params":{},"responseCode":"SUCCESS"}'
+ENVELOPE_OK = (
+    '{"id":"api.telemetry","ver":"1.0","ts":"2024-05-01T10:20:30.123Z","params":{"resmsgid":"r","msgid":"m",'
+    '"status":"successful","err":null,"errmsg":null},"responseCode":"OK","result":{}}'
+)
+EKSTEP_OK = (
+    '{"id":"ekstep.telemetry","ver":"1.0","ts":"2017-06-21T08:20:46+00:00","params":{"resmsgid":"r",'
+    '"msgid":"m","status":"successful","err":"","errmsg":""}}'
+)
+EKSTEP_INVALID = (
+    '{"id":"ekstep.telemetry","ver":"1.0","ts":"2017-06-21T08:20:46+00:00","params":{"resmsgid":"r",'
+    '"msgid":"m","status":"failed","err":"INVALID_DATA_ERROR","errmsg":"bad events"}}'
+)
+PORTAL = "<!DOCTYPE html><html><head><title>Recharge\n your data pack</title></head><body>Login</body></html>"
+
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
-def test_2xx_is_ok(status):
-    outcome = classify(status, "whatever upstream said", None)
+@pytest.mark.parametrize("body", [SERVICE_OK, ENVELOPE_OK, EKSTEP_OK], ids=["service", "envelope", "ekstep"])
+def test_2xx_with_a_telemetry_api_answer_is_ok(status, body):
+    outcome = classify(status, body, None)
     assert (outcome.kind, outcome.status) == ("ok", status)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"responseCode":"success"}',
+        '{"responseCode":"Ok"}',
+        '{"params":{"status":"SUCCESSFUL"}}',
+        '  {"responseCode":"SUCCESS"}\n',
+    ],
+)
+def test_the_acknowledgement_is_read_case_insensitively(body):
+    assert classify(200, body, None).kind == "ok"
+
+
+def test_another_hubs_long_answer_cut_off_at_the_read_limit_still_counts():
+    hub_answer = '{"id":"api.telemetry","params":{"status":"successful"},"responseCode":"SUCCESS","result":{"q":['
+    assert classify(200, hub_answer + '{"index":1},' * 1000, None).kind == "ok"  # truncated: no closing brackets
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PORTAL,
+        "",
+        "   ",
+        "OK",
+        "whatever upstream said",
+        '{"status":"ok","message":"request received"}',
+        '{"params":{"status":"pending"}}',
+        '["SUCCESS"]',
+        '"SUCCESS"',
+        "null",
+        '<html><body>{"responseCode":"SUCCESS"}</body></html>',  # a page that quotes an answer is not one
+        '{"params":"successful"}',
+    ],
+)
+@pytest.mark.parametrize("status", [200, 204])
+def test_2xx_without_a_telemetry_api_answer_is_intercepted(status, body):
+    outcome = classify(status, body, None)
+    assert (outcome.kind, outcome.status) == ("intercepted", status)
+    assert f"HTTP {status}" in outcome.message
+
+
+def test_intercepted_says_what_answered():
+    assert "'Recharge your data pack'" in classify(200, PORTAL, None).message
+    assert "an empty body" in classify(200, "", None).message
+    assert "request received" in classify(200, '{"status":"ok","message":"request received"}', None).message
+    assert len(classify(200, "x" * 100_000, None).message) < 300
+
+
+def test_2xx_with_a_sunbird_failure_is_a_server_error():
+    body = '{"id":"api.telemetry","params":{"err":"Request failed"},"responseCode":"SERVER_ERROR"}'
+    assert classify(200, body, None).kind == "server"
+    assert classify(200, '{"params":{"status":"failed","err":"ERR_INTERNAL_SERVER_ERROR"}}', None).kind == "server"
+
+
+def test_2xx_with_ekstep_invalid_data_is_a_bad_request():
+    outcome = classify(200, EKSTEP_INVALID, None)
+    assert (outcome.kind, outcome.status) == ("bad-request", 200)
+
+
+@pytest.mark.parametrize("body", [SERVICE_OK, ENVELOPE_OK, EKSTEP_OK, PORTAL, ""])
+def test_answer_says_is_none_only_for_non_answers(body):
+    assert (answer_says(body) is None) == (body in (PORTAL, ""))
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308, 399])
+def test_3xx_is_moved_with_the_location(status):
+    outcome = classify(status, SERVICE_OK, None, "https://example.org/api/data/v1/telemetry")
+    assert (outcome.kind, outcome.status) == ("moved", status)
+    assert "https://example.org/api/data/v1/telemetry" in outcome.message and "upstream.url" in outcome.message
+
+
+def test_3xx_without_a_location_is_still_moved():
+    outcome = classify(302, "", None)
+    assert outcome.kind == "moved" and "no Location" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("https://u:secret@other.example/t?token=abc#x", "https://other.example/t"),
+        ("/moved/api/data/v1/telemetry", "http://10.0.0.1:8080/moved/api/data/v1/telemetry"),
+        ("https://example.org/api/data/v1/telemetry", "https://example.org/api/data/v1/telemetry"),
+        (None, "(no Location given)"),
+        ("", "(no Location given)"),
+    ],
+)
+def test_redirect_target_resolves_and_strips_credentials_and_query(location, shown):
+    assert redirect_target("http://10.0.0.1:8080/api/data/v1/telemetry", location) == shown
+
+
+def test_redirect_target_is_bounded():
+    assert len(redirect_target("http://h/", "/" + "a" * 5000)) <= 303
+
+
+@pytest.mark.parametrize("value", ["0126684405014528002", "prod.diksha.app", "a b", "x" * 256, "~!@#$%^&*()"])
+def test_header_safe_values(value):
+    assert header_safe(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "", "x\r\nX-Injected: 1", "a\nb", "a\rb", "ctl\x01char", "tab\there", "del\x7f", "x" * 257,
+     "x" * 9000, "caf\u00e9", "\u0926\u0940\u0915\u094d\u0937\u093e", " padded", "padded "],
+)  # fmt: skip
+def test_header_unsafe_values(value):
+    assert not header_safe(value)
 
 
 @pytest.mark.parametrize("status", [401, 403])
