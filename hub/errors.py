@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BadRequest", "ConfigError", "HubError", "ShareFileError", "StoreClosed", "StoreFull"]
+__all__ = ["BadRequest", "ConfigError", "HubError", "ShareFileError", "StoreClosed", "StoreFull", "StoreUnavailable"]
 
 
 class HubError(Exception):
@@ -15,6 +15,15 @@ class ConfigError(HubError):
 
 class StoreFull(HubError):
     """The store is at its size cap or the disk is nearly full; new data must wait."""
+
+
+class StoreUnavailable(HubError):
+    """The store cannot commit right now (the disk fails, the file system turned read-only, the file is damaged).
+
+    The message is a sentence for people: what is wrong and what to check. Nothing was acknowledged;
+    devices are told to keep their events and retry, and the hub takes them again by itself once a
+    commit works.
+    """
 
 
 class StoreClosed(HubError):

@@ -31,6 +31,8 @@ _LINK_TEXT = {
     "up": "working",
     "down": "unreachable",
     "auth-failed": "API key rejected",
+    "intercepted": "something other than the institute's server answers — a captive portal, a data-pack page or a proxy: log in or recharge the WAN link, or use an https:// upstream",
+    "moved": "upstream answered a redirect (see the last error for where to): update upstream.url",
     "unknown": "not tried yet",
     "disabled": "not configured",
 }

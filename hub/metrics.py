@@ -28,7 +28,7 @@ __all__ = ["LINK_STATES", "Metrics"]
 log = logging.getLogger(__name__)
 
 # Every state ForwardState.link takes; each gets a 0/1 series so dashboards can graph outages.
-LINK_STATES = ("unknown", "up", "down", "auth-failed", "disabled")
+LINK_STATES = ("unknown", "up", "down", "auth-failed", "intercepted", "moved", "disabled")
 
 _PREFIX = "telemetry_hub"
 # Upstream round trips on a poor WAN: from LAN-fast to the 60 s default timeout.

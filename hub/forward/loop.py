@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 # While upstream refuses the key, how often the credentials are looked at for a fix (seconds).
 _KEY_POLL_S = 2.0
 _BYTES_COUNTER = "upstream_bytes:"  # + local date: bytes sent upstream that day (upstream.daily_byte_budget)
+# Outcomes that keep the batch for later besides network and 5xx, and what branch IT is told about them.
+_HELD = {
+    "intercepted": "something other than the institute's server answers (a captive portal, a data-pack page or a "
+    "proxy): nothing counts as delivered, events are kept and retried. Log in or recharge the WAN link, "
+    "or use an https:// upstream",
+    "moved": "redirects are not followed (the API key only goes to upstream.url); events are kept and retried",
+    "error": "sending the batch failed in the hub; events are kept and retried",
+}
 
 
 @dataclass
@@ -37,7 +45,7 @@ class ForwardState:
     """What branch IT needs to know about delivery; read by the status page, metrics and logs."""
 
     enabled: bool = False
-    link: str = "unknown"  # unknown | up | down | auth-failed | disabled
+    link: str = "unknown"  # unknown | up | down | auth-failed | intercepted | moved | disabled
     last_success_at: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
@@ -51,6 +59,7 @@ class ForwardState:
     budget_day: str = ""
     waiting_for: str | None = None  # why nothing is being sent right now, in words
     last_batch_s: float = 0.0
+    restarts: int = 0  # times the delivery task ended unexpectedly and was started again
 
 
 class Forwarder:
@@ -73,6 +82,7 @@ class Forwarder:
         self._stopping = False
         self._failures = 0
         self._warned: set[str] = set()
+        self._tracebacks: set[str] = set()  # causes of unexpected errors already logged with a traceback
         self._force = False
         self._next: Encoded | None = None
 
@@ -100,7 +110,7 @@ class Forwarder:
         except (sqlite3.Error, StoreFull, StoreClosed) as exc:  # a full disk must not stop delivery starting
             log.warning("could not read or tidy today's upload byte count (%s); counting from here", exc)
         self.store.on_commit(self.wake)
-        self._task = asyncio.create_task(self._run(), name="forwarder")
+        self._task = self._spawn()
         log.info("forwarding to %s (%s)", self.target, self.sink.name)
 
     async def stop(self, timeout: float) -> None:
@@ -116,6 +126,8 @@ class Forwarder:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+            except Exception:  # it ended by itself earlier, and _ended logged why
+                pass
         if self.sink is not None:
             await self.sink.close()
 
@@ -126,8 +138,11 @@ class Forwarder:
     # ---- probing ---------------------------------------------------------------------------
 
     async def probe(self) -> None:
-        """Cheap link check while the link is down; wakes delivery when it comes back."""
-        if self.sink is None or self.state.link in ("up", "disabled"):
+        """Cheap link check while the link is down; wakes delivery when it comes back.
+
+        Only for `down`: a portal answers the probe too, so `intercepted` waits for a batch's acknowledgement.
+        """
+        if self.sink is None or self.state.link != "down":
             return
         if await self.sink.probe() and self.state.link == "down":
             log.info("upstream link is back (%s answers); delivering the backlog", self.target)
@@ -171,6 +186,31 @@ class Forwarder:
 
     # ---- the loop --------------------------------------------------------------------------
 
+    def _spawn(self) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(), name="forwarder")
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The delivery task ended: fine when stopping; otherwise a bug got through, so start it again."""
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or self._stopping:
+            return  # only stop() or the event loop shutting down cancels it
+        self.state.restarts += 1
+        delay = max(1.0, self.cfg.backoff_initial) if self.state.restarts > 1 else 0.0
+        log.error(
+            "the delivery task ended unexpectedly (%s); restarting it (restart %d); events are kept",
+            f"{type(exc).__name__}: {exc}" if exc is not None else "it returned",
+            self.state.restarts,
+            exc_info=exc,
+        )
+        asyncio.get_running_loop().call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        if self._stopping or (self._task is not None and not self._task.done()):
+            return
+        self._task = self._spawn()
+
     async def _run(self) -> None:
         try:
             await self._loop()
@@ -194,8 +234,9 @@ class Forwarder:
                     "until the store takes writes again",
                 )
                 await self._sleep(max(1.0, self._backoff()))
-            except Exception:  # a bug must not end delivery for good: log it, back off, go on
-                log.exception("forwarder error (will retry); please report this")
+            except Exception as exc:  # a bug must not end delivery for good: log it, back off, go on
+                self._failures += 1
+                self._traceback_once("forwarder error (will retry, backing off); please report this", exc)
                 await self._sleep(self._backoff())
 
     async def _step(self) -> None:
@@ -315,8 +356,8 @@ class Forwarder:
         finally:
             try:
                 self._next = await ahead
-            except Exception:  # the next batch is simply prepared again on the next step
-                log.exception("preparing the next upstream batch failed; will retry")
+            except Exception as exc:  # the next batch is simply prepared again on the next step
+                self._traceback_once("preparing the next upstream batch failed; will retry", exc)
                 self._next = None
         elapsed = time.monotonic() - started
         self.state.last_batch_s = elapsed
@@ -368,7 +409,8 @@ class Forwarder:
             return
         if o.kind == "bad-request":
             if len(rows) == 1:
-                n = await self.store.dead_letter(batch.id, f"upstream answered {o.status}: {o.message}")
+                reason = o.message if o.status is None else f"upstream answered {o.status}: {o.message}"
+                n = await self.store.dead_letter(batch.id, reason)
                 s.dead_lettered += n
                 log.error(
                     "upstream refused event %s (%s); moved to dead letters, see `telemetry-hub dead-letter list`",
@@ -401,6 +443,13 @@ class Forwarder:
                 "when the link returns. Check the WAN link",
             )
             return
+        if o.kind in _HELD:
+            # intercepted: like a network problem, but on the backoff schedule (the probe cannot tell a portal
+            # from upstream). moved: a config problem, not a passing one, so the longest backoff.
+            s.link = o.kind if o.kind != "error" else s.link
+            self._warn_once(o.kind if o.kind != "error" else o.message, f"{self.target}: {o.message}; {_HELD[o.kind]}")
+            await self._sleep(self.cfg.backoff_max if o.kind == "moved" else self._backoff())
+            return
         delay = o.retry_after if o.retry_after is not None else self._backoff()
         s.link = "up"
         self._warn_once(
@@ -427,6 +476,15 @@ class Forwarder:
             except TimeoutError:
                 pass
         self.state.next_attempt_at = None
+
+    def _traceback_once(self, what: str, exc: BaseException) -> None:
+        """Log an unexpected error with its traceback once per cause (type and message), then quietly."""
+        cause = f"{type(exc).__name__}: {exc}"[:300]
+        if cause in self._tracebacks:
+            log.debug("%s: %s (again)", what, cause)
+            return
+        self._tracebacks.add(cause)
+        log.error("%s: %s", what, cause, exc_info=exc)
 
     def _warn_once(self, kind: str, message: str) -> None:
         """Warn once per kind of trouble, then quietly (a dead WAN must not flood the journal)."""

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from ..config import Config
-from ..errors import ShareFileError, StoreClosed, StoreFull
+from ..errors import ShareFileError, StoreClosed, StoreFull, StoreUnavailable
 from ..schema import SchemaChecker
 from ..store import Store
 from ..telemetry import Checked, Quarantined, check_events
@@ -108,7 +108,7 @@ class Importer:
         ledger = (share.sha256, name, now_ms, share.format, json.dumps(report.to_json()))
         try:
             result = await self.store.add(checked, source=f"import:{name}", device=None, ledger=ledger)
-        except (StoreFull, StoreClosed) as exc:
+        except (StoreFull, StoreClosed, StoreUnavailable) as exc:  # the store logged the cause once
             return self._failed(report, f"{name}: the hub cannot store telemetry now: {exc}")
         except Exception as exc:  # the commit failed: nothing of the file is stored, say so rather than 500
             log.exception("import of %s failed in the store", name)

@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from ..config import StoreConfig
-from ..errors import StoreClosed, StoreFull
+from ..errors import StoreClosed, StoreFull, StoreUnavailable
 from ..telemetry import Checked, sqlite_text
 from . import delivery
 from .connection import open_reader, open_writer
 from .delivery import Taken
+from .failures import FailureLog, WriteFailures, describe, is_storage_failure
 from .migrations import SCHEMA_VERSION, migrate
 from .queries import Queries
 from .space import Space
@@ -81,6 +82,9 @@ class Store:
         self._closing = False
         self._listeners: list[Callable[[], None]] = []
         self._commit_hooks: list[Callable[[float, int], None]] = []
+        # Failed writes and measurements are logged once per cause, not once per request or tick.
+        self._failures = WriteFailures(self.path, self.stats, log)
+        self._measure_failures = FailureLog(log, "store measurement")
         # Named read-only queries (counters, devices, reasons, the import ledger...) for everyone else.
         self.read = Queries(self._read_conn)
 
@@ -144,8 +148,14 @@ class Store:
                     await self.space.refresh()
                 if ticks % _RECOUNT_EVERY == 0:
                     await self.recount()
-            except (OSError, sqlite3.Error, StoreFull) as exc:
-                log.warning("cannot measure the store %s: %s", self.path, exc)
+            except (OSError, sqlite3.Error, StoreFull, StoreUnavailable, StoreClosed) as exc:
+                self._measure_failures.failed(
+                    describe(exc, self.path)[0],
+                    f"{self.path}: {exc}; the figures on the status page may be stale",
+                    level=logging.WARNING,
+                )
+            else:
+                self._measure_failures.worked()
 
     async def _make_room(self) -> int:
         """When full, delete delivered events early (upstream has them), so devices are not refused for days.
@@ -246,21 +256,13 @@ class Store:
             result = await self._in_writer_thread(in_transaction if transaction else bare, job)
         except BaseException as exc:  # the job's caller gets the error; the writer lives on
             if not fut.done():
-                fut.set_exception(self._translate(exc))
+                fut.set_exception(self._failures.translate(exc))
             if not isinstance(exc, Exception):
                 raise
         else:
+            self._failures.worked()
             if not fut.done():
                 fut.set_result(result)
-
-    def _translate(self, exc: BaseException) -> BaseException:
-        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
-            self.stats.full_reason = (
-                f"the disk is full (SQLite: {exc}); free disk space on the drive holding {self.path.parent}"
-            )
-            log.error("store write refused: %s", self.stats.full_reason)
-            return StoreFull(self.stats.full_reason)
-        return exc
 
     async def _in_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) on aiosqlite's own thread in one round trip.
@@ -303,7 +305,7 @@ class Store:
                 plan.append((rows, raws, quarantine, p.ledger))
             news = await self._in_writer_thread(apply_group, plan, devices, now_ms)
         except BaseException as exc:
-            if len(group) > 1 and isinstance(exc, Exception) and not isinstance(exc, sqlite3.OperationalError):
+            if len(group) > 1 and isinstance(exc, Exception) and not is_storage_failure(exc):
                 # Something in one request broke the commit (a bug, odd data): commit each request on its
                 # own, so the others are not refused along with it. Nothing of the group was committed.
                 log.error(
@@ -315,15 +317,16 @@ class Store:
                 for p in group:
                     await self._commit_group([p])
                 return
-            err = self._translate(exc)
+            err = self._failures.refusal(exc)  # logged once per cause, not once per commit
             for p in group:
                 self.space.pending_bytes -= p.size
                 if not p.future.done():
                     p.future.set_exception(err)
             if not isinstance(exc, Exception):
                 raise
-            log.error("store commit failed, %d requests refused (nothing acknowledged): %s", len(group), exc)
+            log.debug("store commit failed, %d requests refused (nothing acknowledged): %s", len(group), exc)
             return
+        self._failures.worked()
         results = [AddResult(new, len(rows) - new, len(q)) for new, (rows, _, q, _) in zip(news, plan, strict=True)]
         total_new = sum(r.new for r in results)
         total_dup = sum(r.duplicates for r in results)

@@ -36,3 +36,5 @@ class StoreStats:
     full_reason: str | None = None
     schema_warnings: dict[str, int] = field(default_factory=dict)
     schema_unchecked: int = 0
+    # Why commits fail right now (the disk, a read-only file system...), in words for people; None when they work.
+    unavailable: str | None = None

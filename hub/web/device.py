@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..config import LimitsConfig, StoreConfig
-from ..errors import BadRequest, StoreClosed, StoreFull
+from ..errors import BadRequest, StoreClosed, StoreFull, StoreUnavailable
 from ..schema import SchemaChecker
 from ..store import Store
 from ..telemetry import check_events, split_envelope, success_body
@@ -216,7 +216,7 @@ class Ingest:
         retry = {"Retry-After": str(self.store_cfg.retry_after)}
         try:
             result = await self.store.add(checked, source=f"api:{request.remote or '?'}", device=device)
-        except StoreFull as exc:
+        except (StoreFull, StoreUnavailable) as exc:  # the store logged the cause once; nothing was acknowledged
             return sunbird_error(
                 503, f"the hub cannot store telemetry now: {exc}. Keep the events and retry later.", msgid, retry
             )
