@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["TELEMETRY_PATHS", "Attempt", "BatchRecord", "FakeUpstream", "IgnoredRequest", "main"]
+__all__ = ["ANSWERS", "TELEMETRY_PATHS", "Attempt", "BatchRecord", "FakeUpstream", "IgnoredRequest", "main"]
 
 log = logging.getLogger("upstream")
 
@@ -103,6 +103,24 @@ class _Faults:
     max_wire_bytes: int = KONG_MAX_WIRE_BYTES
     max_json_bytes: int = EXPRESS_JSON_LIMIT
     reject_mids: set[str] = field(default_factory=set)
+    # Something other than upstream answers every request (see ANSWERS); None = upstream itself.
+    answer: str | None = None
+    redirect_status: int = 301  # the "redirect" answer's status
+    redirect_to: str | None = None  # its Location; None = /moved + the path asked, on this server
+
+
+# What may stand between the hub and upstream, for ``answer`` (none of them stores anything):
+#   portal      a captive portal / data-pack page: 200 and an HTML page (~64 KB) to every request
+#   empty       200 with an empty body to every request (a proxy that swallows the POST)
+#   other-json  200 with JSON that is not a telemetry API answer to every request
+#   redirect    a telemetry POST gets ``redirect_status`` and a Location; every GET and HEAD gets 200 with
+#               the telemetry service's SUCCESS body (so a client that turns the POST into a GET is fooled)
+ANSWERS = ("portal", "empty", "other-json", "redirect")
+_PORTAL_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Data pack expired - recharge to continue</title></head><body>"
+    + b"<p>Your data pack has expired. Recharge now to continue browsing.</p>" * 900
+    + b"</body></html>"
+)
 
 
 class _ClientGone(Exception):
@@ -114,7 +132,7 @@ class FakeUpstream:
 
     Fault attributes (``fail_rate``, ``hang_seconds``, ``hang_after_store``, ``reset_rate``,
     ``reset_after_store``, ``latency``, ``key``, ``max_wire_bytes``, ``max_json_bytes``,
-    ``reject_mids``) are plain attributes read on every request, so setting them from a test in the
+    ``reject_mids``, ``answer``, ``redirect_status``, ``redirect_to``) are plain attributes read on every request, so setting them from a test in the
     same event loop takes effect on the next request.
     """
 
@@ -169,6 +187,9 @@ class FakeUpstream:
         self.max_wire_bytes = d.max_wire_bytes
         self.max_json_bytes = d.max_json_bytes
         self.reject_mids: set[str] = set(d.reject_mids)
+        self.answer: str | None = d.answer
+        self.redirect_status = d.redirect_status
+        self.redirect_to: str | None = d.redirect_to
         self._rate = _RateLimit()
         if getattr(self, "_flap_task", None) is not None:
             self._flap_task.cancel()  # its finally brings the site back up
@@ -189,8 +210,10 @@ class FakeUpstream:
                 value = set(value)
             elif name in ("fail_rate", "hang_seconds", "reset_rate", "latency"):
                 value = float(value)
-            elif name in ("max_wire_bytes", "max_json_bytes"):
+            elif name in ("max_wire_bytes", "max_json_bytes", "redirect_status"):
                 value = int(value)
+            elif name == "answer" and value is not None and value not in ANSWERS:
+                raise ValueError(f"unknown answer {value!r}; one of {', '.join(ANSWERS)}")
             elif name in ("hang_after_store", "reset_after_store"):
                 value = bool(value)
             elif value is not None:
@@ -240,6 +263,10 @@ class FakeUpstream:
             "ignored": len(self.ignored_requests),
             "down": self.is_down,
         }
+
+    def bodies(self) -> list[bytes]:
+        """The inflated JSON body of every stored batch, as it arrived (with ``record_events``)."""
+        return [_inflate(body, enc, None) for body, enc in self._bodies]
 
     def deliveries(self) -> Counter[str]:
         """How many stored (accepted) requests carried each mid."""
@@ -423,7 +450,12 @@ class FakeUpstream:
         started = time.monotonic()
         self.requests += 1
         try:
-            resp, events = await self._telemetry(request) if path in TELEMETRY_PATHS else (self._other(request), 0)
+            if self.answer is not None:
+                resp, events = self._answer_instead(request), 0
+            elif path in TELEMETRY_PATHS:
+                resp, events = await self._telemetry(request)
+            else:
+                resp, events = self._other(request), 0
         except (_ClientGone, asyncio.CancelledError):
             self.abandoned += 1  # the client gave up (timeout) before its answer
             self._attempt(request, started, None)
@@ -446,6 +478,22 @@ class FakeUpstream:
             self.attempts.append(
                 Attempt(started, status, digest.msgid if digest else None, list(digest.mids) if digest else None)
             )
+
+    def _answer_instead(self, request: web.BaseRequest) -> web.Response:
+        """What a portal, a proxy or a redirect answers in upstream's place (``answer``); nothing is stored."""
+        if self.answer == "portal":
+            return web.Response(status=200, body=_PORTAL_PAGE, headers=_HTML)
+        if self.answer == "empty":
+            return web.Response(status=200, body=b"")
+        if self.answer == "other-json":
+            return _json(200, b'{"status":"ok","message":"request received"}')
+        # redirect
+        if request.method in ("GET", "HEAD"):
+            return _success()
+        if request.path in TELEMETRY_PATHS:
+            location = self.redirect_to or "/moved" + request.path
+            return web.Response(status=self.redirect_status, headers={"Location": location})
+        return _json(404, b'{"message":"no Route matched with those values"}')
 
     def _other(self, request: web.BaseRequest) -> web.Response:
         if request.path == "/health" and request.method in ("GET", "HEAD"):
@@ -746,6 +794,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-wire-bytes", type=int, default=KONG_MAX_WIRE_BYTES)
     p.add_argument("--max-json-bytes", type=int, default=EXPRESS_JSON_LIMIT)
     p.add_argument("--reject-mid", action="append", default=[], help="repeatable")
+    p.add_argument("--answer", choices=ANSWERS, default=None, help="something else answers in upstream's place")
     p.add_argument("--rate-limit", type=int, default=0, help="answer the first K requests 429/503")
     p.add_argument("--retry-after", type=int, default=1)
     p.add_argument("--rate-limit-status", type=int, default=429, choices=(429, 503))
@@ -764,6 +813,8 @@ async def _serve(args: argparse.Namespace) -> None:
         reject_mids=args.reject_mid, record_events=not args.no_record_events,
         log_requests=not args.quiet, seed=args.seed,
     )  # fmt: skip
+    if args.answer:
+        fake.answer = args.answer
     if args.rate_limit:
         fake.rate_limit(args.rate_limit, args.retry_after, args.rate_limit_status)
     stopping = asyncio.Event()
