@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -33,6 +34,7 @@ from .store import Store
 from .tls import TlsMaterial, load_or_create
 from .web.admin import AdminGate, Control
 from .web.device import DEVICE_PATHS, Ingest, KeyRing
+from .web.hosts import HostGuard
 from .web.server import WebServer
 from .web.share import ShareHandlers
 from .web.status import StatusPages
@@ -61,6 +63,21 @@ async def _open_store(cfg: Config) -> Store:
             "aside (keep it: its events can be recovered) and start again with an empty one"
         ) from None
     return store
+
+
+def _make_private(data_dir: Path) -> None:
+    """The data directory 0700 and the database files 0600, whatever the umask was (logged when changed).
+
+    SQLite gives its -wal and -shm files the database file's mode, so they follow.
+    """
+    for path, mode in [(data_dir, 0o700)] + [(data_dir / f"hub.db{s}", 0o600) for s in ("", "-wal", "-shm")]:
+        try:
+            current = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if current & 0o077:
+            path.chmod(mode)
+            log.warning("made %s private (mode %o, was %o): others on this machine could read it", path, mode, current)
 
 
 @dataclass
@@ -124,6 +141,7 @@ class Hub:
         if cfg.tls.enabled:  # before anything opens: a bad certificate stops the start cleanly
             self.tls = load_or_create(cfg.tls, self.data_dir, cfg.server.branch_name)
         self.store = store = await _open_store(cfg)
+        _make_private(self.data_dir)
         ingest = Ingest(store, cfg.limits, cfg.store, keys, cfg.server.client_timeout)
         admin = AdminGate(self.admin_token)
         self.forwarder = forwarder = Forwarder(store, cfg.upstream, make_sink(cfg, self.hub_id))
@@ -137,8 +155,11 @@ class Hub:
             Importer(store, cfg, schema=ingest.schema), cfg, admin=admin, db_path=store.path, hub_id=self.hub_id
         )
         control = Control(store, forwarder, admin)
+        hosts = HostGuard(cfg.server.host_names, cfg.server.host)
         self.web = WebServer(
-            cfg, [ingest.routes(), status.routes(), share.routes(), control.routes()], middlewares=[ingest.cors]
+            cfg,
+            [ingest.routes(), status.routes(), share.routes(), control.routes()],
+            middlewares=[hosts.middleware, ingest.cors],
         )
         await self.web.start(self.tls.context if self.tls is not None else None)
         self.port, self.tls_port = self.web.port, self.web.tls_port

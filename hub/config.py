@@ -49,6 +49,9 @@ class ServerConfig:
     client_timeout: float = 30.0  # a request (headers, body) must arrive within this; also the keep-alive idle time
     max_connections: int = 512
     log_level: str = "info"
+    # Extra names the status page and admin paths answer to (a DNS name pointing at the hub); its own
+    # addresses, host name, <host name>.local and localhost always work. Device paths answer to any name.
+    host_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class HealthConfig:
     upstream_down_minutes: float = 30.0  # unreachable this long with events waiting: a warning
     dead_letters: int = 50  # this many events refused by upstream: a warning (fewer: a note)
     store_warn_fraction: float = 0.8  # this full against store.max_bytes: a warning, before refusing
+    stall_minutes: float = 15.0  # the oldest waiting event unmoved this long while the link is up: a warning
 
 
 @dataclass(frozen=True)
@@ -253,7 +257,8 @@ def normalise_upstream_url(url: str) -> str:
         return ""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("http", "https") or not rest:
-        raise ConfigError(f"upstream.url: {url!r} is not an http(s) URL (write e.g. https://example.org)")
+        shown = re.sub(r"//[^/@]*@", "//***@", url)  # never repeat credentials, even in an error
+        raise ConfigError(f"upstream.url: {shown!r} is not an http(s) URL (write e.g. https://example.org)")
     host, slash, path = rest.partition("/")
     if not slash or not path.strip("/"):
         return f"{scheme}://{host}{SUNBIRD_PATH}"
@@ -343,6 +348,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("health.upstream_down_minutes: must be more than 0")
     if cfg.health.dead_letters < 1:
         raise ConfigError("health.dead_letters: must be at least 1")
+    if cfg.health.stall_minutes <= 0:
+        raise ConfigError("health.stall_minutes: must be more than 0 (fractions are fine: 0.5 = 30 s)")
     if not 0 < cfg.health.store_warn_fraction <= 1:
         raise ConfigError("health.store_warn_fraction: must be more than 0 and at most 1 (0.8 = 80%)")
     normalise_upstream_url(cfg.upstream.url)

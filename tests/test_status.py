@@ -209,13 +209,15 @@ async def test_the_page_asks_for_the_token_when_configured(start_hub, http):
     async with http.get(hub.url + "/", params={"token": "wrong"}) as r:
         assert r.status == 401
 
-    # ?token= works, and the answer sets a cookie this browser keeps.
+    # ?token= no longer signs in (it would sit in browser history and logs): the page says why.
     async with http.get(hub.url + "/", params={"token": token}) as r:
-        assert r.status == 200
+        assert r.status == 401 and "Set-Cookie" not in r.headers
         page = await r.text()
-        cookie = r.headers["Set-Cookie"]
-    assert token not in page and 'id="backlog"' in page
-    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and token not in cookie
+    assert token not in page and 'id="backlog"' not in page and "no longer sign you in" in page
+    for path in ("/status.json", "/admin/dead-letters", "/admin/imports"):
+        async with http.get(hub.url + path, params={"token": token}) as r:
+            assert r.status == 401, path
+            assert "no longer accepted in the address" in (await r.json())["params"]["errmsg"], path
     async with http.get(hub.url + "/status.json", headers={"Authorization": f"Bearer {token}"}) as r:
         assert r.status == 200 and token not in await r.text()
     async with http.get(hub.url + "/metrics", headers={"Authorization": f"Bearer {token}"}) as r:

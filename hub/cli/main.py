@@ -20,6 +20,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from(args)
     setup_logging(cfg.server.log_level)
+    os.umask(0o077)  # everything the hub creates (store, uploads, exports, keys) is private to its user
     asyncio.run(Hub(cfg).run())
     return 0
 

@@ -12,18 +12,43 @@ from ..forward import Forwarder
 from ..store import Store
 from .responses import json_response, sunbird_error
 
-__all__ = ["AdminGate", "Control", "token_from"]
+__all__ = ["TOKEN_IN_URL", "AdminGate", "BadParameter", "Control", "query_number", "token_from"]
 
 log = logging.getLogger(__name__)
 
 
+# A token in a URL ends up in browser history, proxies' logs and screenshots: it is never accepted there.
+TOKEN_IN_URL = (
+    "the admin token is no longer accepted in the address (?token=...): it would end up in browser history "
+    "and logs. Send it as 'Authorization: Bearer <token>', or sign in on the status page"
+)
+
+
 def token_from(request: web.Request) -> str:
-    """The token a request presents: `Authorization: Bearer`, `X-Admin-Token`, or `?token=`."""
+    """The token a request presents: `Authorization: Bearer` or `X-Admin-Token` (never the query string)."""
     auth = request.headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.headers.get("X-Admin-Token", "") or request.query.get("token", "")
+    return request.headers.get("X-Admin-Token", "")
+
+
+class BadParameter(Exception):
+    """An admin parameter out of its range; the message names it and the range (answered as a 400)."""
+
+
+def query_number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    """A numeric query parameter within [low, high]; BadParameter names it and its range otherwise."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan and inf
+        raise BadParameter(f"{name} must be a number from {low:g} to {high:g}, not {text[:40]!r}")
+    return value
 
 
 class AdminGate:
@@ -61,6 +86,8 @@ class Control:
         if self.admin.check(request, form_token):
             return None
         log.warning("admin action %s refused from %s: missing or wrong admin token", request.path, request.remote)
+        if "token" in request.query:
+            return sunbird_error(401, TOKEN_IN_URL)
         return sunbird_error(
             401,
             "missing or wrong admin token: send 'Authorization: Bearer <admin token>' "
@@ -76,8 +103,11 @@ class Control:
             if form and "text/html" in request.headers.get("Accept", ""):
                 raise web.HTTPSeeOther("/?synced=denied")  # the status page's form: say so on the page
             return denied
-        timeout = float(request.query.get("timeout", "60"))
-        result = await self.forwarder.sync_now(timeout=min(timeout, 300.0))
+        try:
+            timeout = query_number(request, "timeout", 60.0, 0.0, 300.0)
+        except BadParameter as exc:
+            return sunbird_error(400, str(exc))
+        result = await self.forwarder.sync_now(timeout=timeout)
         log.info(
             "sync now: delivered %d, %d waiting, %s",
             result["delivered"],
@@ -93,7 +123,10 @@ class Control:
         denied = self._denied(request)
         if denied:
             return denied
-        limit = min(int(request.query.get("limit", "100")), 10000)
+        try:
+            limit = int(query_number(request, "limit", 100, 1, 10_000))
+        except BadParameter as exc:
+            return sunbird_error(400, str(exc))
         rows = await self.store.read.dead_letters(limit)
         total = await self.store.read.dead_letter_count()
         items = [{"mid": d.mid, "eid": d.eid, "did": d.did, "reason": d.reason, "failed_at": d.failed_at} for d in rows]

@@ -19,7 +19,7 @@ from aiohttp.multipart import BodyPartReader
 from ..config import Config
 from ..share import Importer, ImportReport, NothingToExport, clean_name, export_archive, parse_since
 from . import pages
-from .admin import AdminGate
+from .admin import TOKEN_IN_URL, AdminGate, BadParameter, query_number
 from .responses import answer_and_close, sunbird_error
 
 __all__ = ["ShareHandlers"]
@@ -200,17 +200,17 @@ class ShareHandlers:
     async def list_imports(self, request: web.Request) -> web.Response:
         """GET the import ledger (admin token), newest first."""
         if not self.admin.check(request):
-            return sunbird_error(401, "missing or wrong admin token: send 'Authorization: Bearer <token>'")
+            return _denied(request)
         try:
-            limit = max(1, min(int(request.query.get("limit", "200")), 10_000))
-        except ValueError:
-            return sunbird_error(400, "limit must be a whole number")
+            limit = int(query_number(request, "limit", 200, 1, 10_000))
+        except BadParameter as exc:
+            return sunbird_error(400, str(exc))
         return web.Response(body=orjson.dumps(await self.importer.imports(limit)), content_type="application/json")
 
     async def export_http(self, request: web.Request) -> web.StreamResponse:
         """GET a telemetry archive of the backlog (admin token); `pending=1` (default) or `all=1`, `since=`."""
         if not self.admin.check(request):
-            return sunbird_error(401, "missing or wrong admin token: send 'Authorization: Bearer <token>'")
+            return _denied(request)
         q = request.query
         pending = not _flag(q.get("all")) and _flag(q.get("pending", "1"))
         try:
@@ -252,6 +252,12 @@ class ShareHandlers:
             fh.close()
         log.info("export over HTTP: %d events in %d batches (marks nothing delivered)", report.events, report.batches)
         return response
+
+
+def _denied(request: web.Request) -> web.Response:
+    if "token" in request.query:
+        return sunbird_error(401, TOKEN_IN_URL)
+    return sunbird_error(401, "missing or wrong admin token: send 'Authorization: Bearer <token>'")
 
 
 def _flag(value: str | None) -> bool:

@@ -12,7 +12,7 @@ from aiohttp import web
 from ..facts import Here, StatusFacts, page_needs_token
 from ..metrics import Metrics
 from . import pages
-from .admin import AdminGate, token_from
+from .admin import TOKEN_IN_URL, AdminGate, token_from
 from .responses import json_response, see_other, sunbird_error
 
 __all__ = ["StatusPages"]
@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 _COOKIE = "hub_status"
 _COOKIE_MAX_AGE_S = 180 * 86400  # a phone stays logged in for a school term or two
 _COOKIE_LABEL = b"telemetry-hub status page v1"
+_BOOKMARK = (
+    "Links with ?token= no longer sign you in: the token would end up in the browser's history and in logs. "
+    "Type the token once below; this browser then stays signed in."
+)
 _TOKEN_HINT = (
     "missing or wrong admin token: send 'Authorization: Bearer <admin token>' (the token is in <data_dir>/admin-token)"
 )
@@ -101,7 +105,8 @@ class StatusPages:
     async def page(self, request: web.Request) -> web.Response:
         """The status page for a phone or laptop browser (HTML, no external assets, no script needed)."""
         if not self.allowed(request):
-            return pages.login_page(401, None)
+            # A bookmark from before: say why the link no longer signs in, rather than fail silently.
+            return pages.login_page(401, _BOOKMARK if "token" in request.query else None)
         facts = await self.facts.facts(_here(request))
         synced = request.query.get("synced")
         response = pages.status_page(
@@ -111,7 +116,7 @@ class StatusPages:
             logged_in=self._cookie_ok(request),
         )
         if self.needs_token and not self._cookie_ok(request):
-            self._set_cookie(response, request)  # came with ?token= or a header: keep it on this browser
+            self._set_cookie(response, request)  # came with the token in a header: keep it on this browser
         return response
 
     async def login(self, request: web.Request) -> web.Response:
@@ -134,7 +139,7 @@ class StatusPages:
     async def status_json(self, request: web.Request) -> web.Response:
         """Every fact the page shows, for `telemetry-hub status` and scripts (same token rule as the page)."""
         if not self.allowed(request):
-            return sunbird_error(401, _TOKEN_HINT)
+            return sunbird_error(401, TOKEN_IN_URL if "token" in request.query else _TOKEN_HINT)
         return json_response(200, await self.facts.facts(_here(request)), {"Cache-Control": "no-store"})
 
     async def metrics_page(self, request: web.Request) -> web.Response:

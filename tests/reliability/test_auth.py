@@ -196,6 +196,12 @@ async def test_auth_gates_and_secrets_never_leak(secured, tmp_path):
                     assert status == 401, (method, path, how, token, status, answer[:200])
                     tally.add(fuzz_cases=1)
         assert state() == before, "an admin action ran without the admin token"
+        # The right token in the query string is refused too: URLs end up in history and logs.
+        for method, path, make_body in actions:
+            query = ("&" if "?" in path else "?") + "token=" + ADMIN_TOKEN
+            status, answer = await seen.request(http, method, url + path + query, data=make_body(None))
+            assert status == 401, (method, path, "query with the right token", status, answer[:200])
+        assert state() == before, "an admin action ran with the token in its URL"
         # Login form with wrong tokens gives no cookie.
         for token in bad_tokens[1:]:
             status, _ = await seen.request(http, "POST", url + "/login", data={"token": token})
