@@ -38,6 +38,10 @@ _LINK_TEXT = {
 }
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
 class RequestCounts(Protocol):
     """What the device API counts (web.device.IngestCounters)."""
 
@@ -116,6 +120,9 @@ class StatusFacts:
             last_error_at=st.last_error_at,
             down_since=self._down_since,
             waiting_for=st.waiting_for,
+            store_error=None if writable else s.unavailable,
+            oldest_waiting_at=s.oldest_waiting_at,
+            oldest_waiting_since=s.oldest_waiting_since,
         )
         return assess(inputs, self.cfg.health, time.time() if now is None else now)
 
@@ -145,6 +152,7 @@ class StatusFacts:
             "link": st.link,
             "last_success_at": st.last_success_at,
             "last_error": st.last_error,
+            "oldest_waiting_age_s": _rounded(s.oldest_waiting_age(time.time())),
         }
 
     async def facts(self, here: Here | None = None) -> dict[str, Any]:
@@ -202,6 +210,9 @@ class StatusFacts:
                 "waiting_for": st.waiting_for,
                 "errors": dict(sorted(st.errors.items())),
                 "batch_limit": st.batch_limit,
+                "oldest_waiting_at": s.oldest_waiting_at,
+                "oldest_waiting_age_s": _rounded(s.oldest_waiting_age(now)),
+                "oldest_waiting_since": s.oldest_waiting_since,
             },
             "store": {
                 "writable": writable,

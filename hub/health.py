@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import HealthConfig
-from .words import duration_text, size_text
+from .words import clock, duration_text, size_text
 
 __all__ = ["STATE_TEXT", "HealthInputs", "Problem", "assess", "state_of"]
 
@@ -52,6 +52,9 @@ class HealthInputs:
     last_error_at: float | None = None
     down_since: float | None = None
     waiting_for: str | None = None
+    store_error: str | None = None  # why commits fail right now (StoreStats.unavailable), in words
+    oldest_waiting_at: float | None = None  # when the oldest event waiting for upstream was received
+    oldest_waiting_since: float | None = None  # since when that event has been the oldest waiting
 
 
 def _answer(error: str | None) -> str:
@@ -110,6 +113,29 @@ def _upstream(i: HealthInputs, cfg: HealthConfig, now: float) -> Problem | None:
     return None
 
 
+def _stalled(i: HealthInputs, cfg: HealthConfig, now: float) -> Problem | None:
+    """The oldest waiting event has not moved although nothing known holds delivery back.
+
+    Unreachable and rejected-key links have their own problems; an upload window or budget that
+    holds delivery back is a note ("waiting"), not a stall.
+    """
+    if not i.upstream_configured or i.link in ("down", "auth-failed", "disabled") or i.waiting_for:
+        return None
+    since = i.oldest_waiting_since
+    if not i.backlog or since is None or now - since < cfg.stall_minutes * 60:
+        return None
+    received = i.oldest_waiting_at or since
+    return Problem(
+        "warning",
+        "delivery-stalled",
+        f"Delivery to the institute's server is stalled: the oldest waiting event (received {clock(received)}) "
+        f"has been first in line since {clock(since)}, {duration_text(now - since)} without being delivered, "
+        f"while the link is {i.link!r}; {i.backlog:,} events wait. Look in the log "
+        "(journalctl -u telemetry-hub) for what upstream answers, check the upstream server, "
+        "then try `telemetry-hub sync`.",
+    )
+
+
 def _dead_letters(i: HealthInputs, cfg: HealthConfig) -> Problem | None:
     n = i.dead_letters
     if n >= cfg.dead_letters:
@@ -137,11 +163,14 @@ def assess(i: HealthInputs, cfg: HealthConfig, now: float) -> list[Problem]:
             Problem(
                 "critical",
                 "store-not-writable",
-                "The hub cannot write to its database, so devices' telemetry is refused. "
+                f"The hub cannot write to its database, so devices' telemetry is refused: {i.store_error}. "
+                "The log has the details (journalctl -u telemetry-hub)."
+                if i.store_error
+                else "The hub cannot write to its database, so devices' telemetry is refused. "
                 "Check the SD card and the log (journalctl -u telemetry-hub).",
             )
         )
-    for found in (_space(i, cfg), _upstream(i, cfg, now), _dead_letters(i, cfg)):
+    for found in (_space(i, cfg), _upstream(i, cfg, now), _stalled(i, cfg, now), _dead_letters(i, cfg)):
         if found is not None:
             out.append(found)
     if i.upstream_configured and i.waiting_for and i.backlog and i.link != "auth-failed":

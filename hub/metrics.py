@@ -113,6 +113,11 @@ class _LiveCollector(Collector):
             st.last_success_at or 0,
         )
         yield gauge("upstream_batch_limit_events", "Events per batch upstream currently accepts", st.batch_limit)
+        yield gauge(
+            "oldest_waiting_age_seconds",
+            "How long the oldest event waiting for upstream has waited (0: nothing waits)",
+            s.oldest_waiting_age(time.time()) or 0.0,
+        )
 
         c = m.counts
         yield by("http_requests", "Device telemetry requests answered, by HTTP status", "status", c.by_status)

@@ -148,6 +148,7 @@ class Store:
                     await self.space.refresh()
                 if ticks % _RECOUNT_EVERY == 0:
                     await self.recount()
+                await self.refresh_oldest()
             except (OSError, sqlite3.Error, StoreFull, StoreUnavailable, StoreClosed) as exc:
                 self._measure_failures.failed(
                     describe(exc, self.path)[0],
@@ -156,6 +157,13 @@ class Store:
                 )
             else:
                 self._measure_failures.worked()
+
+    async def refresh_oldest(self) -> None:
+        """Re-read the oldest event waiting for upstream, and since when it has been the oldest (in memory).
+
+        One index seek (events_pending); /health, the status page and metrics then read memory only.
+        """
+        self.stats.note_oldest(await self.read.oldest_waiting(), time.time())
 
     async def _make_room(self) -> int:
         """When full, delete delivered events early (upstream has them), so devices are not refused for days.

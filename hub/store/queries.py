@@ -76,6 +76,17 @@ class Queries:
         """Events not yet delivered upstream, counted from the table."""
         return await self._int("SELECT count(*) FROM events WHERE delivered_at IS NULL")
 
+    async def oldest_waiting(self) -> tuple[int, int] | None:
+        """(seq, received_at ms) of the oldest event waiting for upstream, or None.
+
+        Seqs grow with arrival, so the smallest pending seq is the oldest received: one seek in the
+        events_pending index, never a scan of the backlog.
+        """
+        rows = await self._rows(
+            "SELECT seq, received_at FROM events INDEXED BY events_pending WHERE delivered_at IS NULL ORDER BY seq LIMIT 1"
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
     async def quarantined(self) -> int:
         """Events kept aside as malformed."""
         return await self._int("SELECT count(*) FROM quarantine")

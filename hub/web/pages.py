@@ -342,6 +342,8 @@ def status_body_context(
         "last_error": up["last_error"] or "",
         "last_error_ago": ago(up["last_error_at"], now) if up["last_error"] else "",
         "waiting_for": up["waiting_for"] or "",
+        "oldest_waiting_ago": ago(up.get("oldest_waiting_at"), now) if up.get("oldest_waiting_at") else "",
+        "oldest_waiting_clock": clock(up.get("oldest_waiting_at")),
         "next_attempt_ago": ago(up["next_attempt_at"], now) if up["next_attempt_at"] else "",
         "errors_text": ", ".join(f"{k} {v:,}" for k, v in up["errors"].items()),
         "storage": _Storage(

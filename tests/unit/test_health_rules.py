@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -230,3 +231,61 @@ def test_sorting_puts_a_late_warning_before_an_early_note():
 )
 def test_state_of(severities, state):
     assert state_of([Problem(s, "x", "y") for s in severities]) == state
+
+
+# ---- a stalled delivery: the oldest waiting event has not moved ------------------------------------------------
+
+STALL = 15 * 60  # HealthConfig().stall_minutes in seconds
+
+
+def stalled(seconds: float, **changes) -> list[Problem]:
+    """The oldest waiting event has been first in line for `seconds` (received a minute before that)."""
+    since = NOW - seconds
+    return problems(backlog=120, oldest_waiting_since=since, oldest_waiting_at=since - 60, **changes)
+
+
+def test_new_health_inputs_have_defaults_so_old_callers_still_work():
+    assert HEALTHY.oldest_waiting_since is None and HEALTHY.oldest_waiting_at is None
+    assert HEALTHY.store_error is None
+
+
+def test_oldest_event_unmoved_past_stall_minutes_is_a_warning_saying_since_when_and_what_to_do():
+    found = stalled(STALL + 1)
+    assert codes(found) == [("warning", "delivery-stalled")]
+    message = found[0].message
+    assert "stalled" in message and "15 min" in message
+    assert time.strftime("%Y-%m-%d %H:%M", time.localtime(NOW - STALL - 1)) in message  # since when
+    assert "120 events" in message and "telemetry-hub sync" in message and "log" in message
+    assert state_of(found) == "attention"
+
+
+def test_oldest_event_moved_recently_is_no_stall():
+    assert stalled(STALL - 1) == []
+
+
+def test_stall_minutes_come_from_the_health_config_and_may_be_fractional():
+    cfg = HealthConfig(stall_minutes=0.02)  # 1.2 s
+    assert codes(problems(cfg, backlog=1, oldest_waiting_since=NOW - 1.3)) == [("warning", "delivery-stalled")]
+    assert problems(cfg, backlog=1, oldest_waiting_since=NOW - 1.0) == []
+
+
+@pytest.mark.parametrize("link", ["down", "auth-failed", "disabled"])
+def test_a_link_with_its_own_problem_is_not_called_a_stall(link):
+    assert "delivery-stalled" not in [p.code for p in stalled(10 * STALL, link=link)]
+
+
+@pytest.mark.parametrize("link", ["up", "unknown", "intercepted", "moved"])
+def test_any_other_link_state_stalls_visibly(link):
+    assert "delivery-stalled" in [p.code for p in stalled(STALL + 1, link=link)]
+
+
+def test_no_upstream_or_nothing_waiting_or_a_window_holding_it_back_is_no_stall():
+    assert codes(stalled(10 * STALL, upstream_configured=False)) == [("note", "no-upstream")]
+    assert problems(backlog=0, oldest_waiting_since=NOW - 10 * STALL) == []
+    assert codes(stalled(10 * STALL, waiting_for="the upload window (22:00-06:00)")) == [("note", "waiting")]
+
+
+def test_store_error_is_named_in_the_not_writable_problem():
+    found = problems(writable=False, store_error="the disk holding /data fails to read or write (SQLite: disk I/O error)")
+    assert codes(found) == [("critical", "store-not-writable")]
+    assert "disk I/O error" in found[0].message and "journalctl" in found[0].message
