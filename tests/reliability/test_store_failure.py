@@ -104,6 +104,8 @@ async def test_a_shut_down_file_system_is_an_honest_503_logged_once(tmp_path):
                     health = await r.json()
                     assert r.status == 503 and not health["healthy"] and not health["store_writable"], health
                     assert any("cannot write to its database" in p for p in health["problems"]), health
+                    # ... and why, in the store's words (the cause it recorded, not only "check the log").
+                    assert any("fails to read or write" in p or "damaged" in p for p in health["problems"]), health
                 status, *_ = await post(http, hub, 1)
                 assert status == 503
         finally:
