@@ -52,6 +52,13 @@ def error_text(answer: Any) -> str:
     return str(answer)
 
 
+def _words(reason: object) -> str:
+    """An OS error as words ("connection refused"), not an errno tuple."""
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
 def _parse(raw: bytes) -> Any:
     try:
         return json.loads(raw or b"null")
@@ -62,10 +69,11 @@ def _parse(raw: bytes) -> Any:
 class HubClient:
     """JSON over HTTP to one hub, with errors turned into sentences for branch IT."""
 
-    def __init__(self, url: str, token: str = "", timeout: float = 30.0) -> None:
+    def __init__(self, url: str, token: str = "", timeout: float = 30.0, *, hint: str = "") -> None:
         self.url = hub_url(url)
         self.token = token
         self.timeout = timeout
+        self.hint = hint  # how this hub was found, said when it cannot be reached or refuses
 
     def _open(self, req: urllib.request.Request, timeout: float | None) -> HTTPResponse:
         if self.token:
@@ -77,9 +85,10 @@ class HubClient:
             raise
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            where = f"; {self.hint}" if self.hint else ""
             raise HubError(
-                f"cannot reach the hub at {self.url} ({reason}); is it running? "
-                "(`systemctl status telemetry-hub`, or pass --url)"
+                f"cannot reach the hub at {self.url} ({_words(reason)}); is it running? "
+                f"(`systemctl status telemetry-hub`, or pass --url){where}"
             ) from None
 
     def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[int, Any]:

@@ -67,7 +67,12 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add `discover` to the telemetry-hub command."""
-    disc = sub.add_parser("discover", help="list the telemetry hubs on this network (mDNS), or this hub's URLs")
+    disc = sub.add_parser(
+        "discover",
+        help="list the telemetry hubs on this network (mDNS), or this hub's URLs",
+        description="Listen for telemetry hubs announcing themselves on this network (mDNS / DNS-SD) and print "
+        "their telemetry URLs; with --self, print this hub's own URLs to give a device that cannot browse.",
+    )
     disc.add_argument("--timeout", type=float, default=3.0, help="seconds to listen")
     disc.add_argument("--self", action="store_true", help="print this hub's own URLs instead (no mDNS)")
     disc.add_argument("--json", action="store_true", help="machine-readable output")

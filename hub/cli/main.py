@@ -28,7 +28,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telemetry-hub", description="Sunbird telemetry hub for a school branch")
     p.add_argument(
-        "--config", "-c", default=os.environ.get("TELEMETRY_HUB_CONFIG") or None, help="TOML config file (optional)"
+        "--config",
+        "-c",
+        default=None,
+        help="TOML config file (default: $TELEMETRY_HUB_CONFIG, else /etc/telemetry-hub/config.toml if it exists)",
     )
     p.add_argument("--version", action="version", version=f"telemetry-hub {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

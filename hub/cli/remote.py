@@ -14,18 +14,35 @@ from .text import format_text
 __all__ = ["add_commands"]
 
 
+_LINK_WORDS = {
+    "up": "working",
+    "down": "unreachable",
+    "auth-failed": "refuses the API key",
+    "unknown": "not tried yet",
+    "disabled": "not configured",
+}
+
+
+def _refusal(client: Any, answer: Any) -> str:
+    """Why the hub refused, and how this hub was found when that may be the cause."""
+    text = error_text(answer)
+    return f"{text} ({client.hint})" if getattr(client, "hint", "") else text
+
+
 def _cmd_sync(args: argparse.Namespace) -> int:
     client = client_for(args)
     status, answer = client.request("POST", f"/admin/sync?timeout={args.timeout:g}", timeout=args.timeout + 10)
     if status != 200:
-        print(f"sync refused ({status}): {error_text(answer)}", file=sys.stderr)
+        print(f"sync refused ({status}): {_refusal(client, answer)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        print(f"delivered {answer['delivered']} events; {answer['backlog']} still waiting; link {answer.get('link')}")
+        link = _LINK_WORDS.get(str(answer.get("link")), str(answer.get("link") or ""))
+        tail = f"; upstream link {link}" if answer.get("link") else ""
+        print(f"delivered {answer['delivered']} events; {answer['backlog']} still waiting{tail}")
         if answer.get("error"):
-            print(f"last error: {answer['error']}")
+            print(f"why not everything: {answer['error']}")
     return 0 if answer.get("ok") else 1
 
 
@@ -33,29 +50,47 @@ def _cmd_status(args: argparse.Namespace) -> int:
     client = client_for(args)
     status, answer = client.request("GET", "/status.json", timeout=args.timeout)
     if status != 200 or not isinstance(answer, dict) or "state" not in answer:
-        print(f"status refused ({status}): {error_text(answer)}", file=sys.stderr)
+        print(f"status refused ({status}): {_refusal(client, answer)}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if args.json else format_text(answer, client.url))
     return 0 if answer.get("healthy") else 1
 
 
 def _cmd_dead_letter(args: argparse.Namespace) -> int:
-    client = client_for(args)
     answer: Any
+    if args.action is None:
+        print("say what to do: `dead-letter list`, or `dead-letter requeue MID...` / `--all`", file=sys.stderr)
+        return 2
+    if args.action == "requeue" and not args.all and not args.mids:
+        print("say which: --all, or one or more mids (see `telemetry-hub dead-letter list`)", file=sys.stderr)
+        return 2
+    client = client_for(args)
     if args.action == "list":
         status, answer = client.request("GET", f"/admin/dead-letters?limit={args.limit}")
     elif args.all:
         status, answer = client.request("POST", "/admin/dead-letters/requeue", {"all": True})
-    elif args.mids:
-        status, answer = client.request("POST", "/admin/dead-letters/requeue", {"mids": args.mids})
     else:
-        print("say which: --all, or one or more mids", file=sys.stderr)
-        return 2
+        status, answer = client.request("POST", "/admin/dead-letters/requeue", {"mids": args.mids})
     if status != 200:
-        print(f"refused ({status}): {error_text(answer)}", file=sys.stderr)
+        print(f"refused ({status}): {_refusal(client, answer)}", file=sys.stderr)
         return 1
-    if args.json or args.action != "list":
-        print(json.dumps(answer, indent=2) if args.json else f"re-queued {answer['requeued']} events for upstream")
+    if args.action == "requeue":
+        n = int(answer["requeued"])
+        missing = 0 if args.all else len(set(args.mids)) - n
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            print(f"re-queued {n} event{'s' if n != 1 else ''} for upstream")
+        if missing > 0:
+            print(
+                f"{missing} of the mids given {'are' if missing != 1 else 'is'} not a dead letter "
+                "(already re-queued, or mistyped): see `telemetry-hub dead-letter list`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if args.json:
+        print(json.dumps(answer, indent=2))
         return 0
     print(f"{answer['total']} dead letters (events upstream refused); newest first:")
     for item in answer["items"]:
@@ -65,7 +100,12 @@ def _cmd_dead_letter(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add sync, status and dead-letter to the telemetry-hub command."""
-    sync = sub.add_parser("sync", help="deliver to upstream now and report the outcome")
+    sync = sub.add_parser(
+        "sync",
+        help="deliver to upstream now and report the outcome",
+        description="Ask the running hub to send everything waiting to the institute's server now, without "
+        "waiting for the next retry or upload window. Exit status: 0 when nothing is left waiting, 1 otherwise.",
+    )
     remote_options(sync)
     sync.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
     sync.set_defaults(func=_cmd_sync)
@@ -80,9 +120,14 @@ def add_commands(sub: Any) -> None:
     status.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the hub's answer")
     status.set_defaults(func=_cmd_status)
 
-    dead = sub.add_parser("dead-letter", help="list or re-queue events upstream refused")
-    dead.add_argument("action", choices=["list", "requeue"])
-    dead.add_argument("mids", nargs="*", help="mids to re-queue")
+    dead = sub.add_parser(
+        "dead-letter",
+        help="list or re-queue events upstream refused",
+        description="Dead letters are events the institute's server refused (with its reason). `list` shows "
+        "them, newest first; `requeue MID...` (or `--all`) sends them again once the cause is fixed.",
+    )
+    dead.add_argument("action", nargs="?", choices=["list", "requeue"], help="list, or requeue")
+    dead.add_argument("mids", nargs="*", help="for requeue: the mids to send again")
     dead.add_argument("--all", action="store_true", help="re-queue every dead letter")
     dead.add_argument("--limit", type=int, default=100)
     remote_options(dead)

@@ -100,6 +100,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise HubError(str(exc)) from None
     out = Path(args.out)
+    if out.exists() and not args.force:
+        raise HubError(f"{out} exists already; nothing was written. Choose another --out, or add --force to replace it")
     pending = args.include != "all"
     if args.url:
         query = {"pending": "1"} if pending else {"all": "1"}
@@ -148,6 +150,7 @@ def add_commands(sub: Any) -> None:
     )
     _common(exp)
     exp.add_argument("--out", "-o", required=True, metavar="FILE", help="the ZIP file to write")
+    exp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     exp.add_argument(
         "--since", metavar="WHEN", help="only events received since then: ISO date/time (local time) or epoch ms"
     )
