@@ -224,14 +224,38 @@ def _ip_version() -> IPVersion:
     return IPVersion.All
 
 
+def _rank(ip: str) -> int | None:
+    """Where an address goes in a list for people: IPv4, global IPv6, then (after the mDNS name) ULA.
+
+    Link-local addresses (fe80::, 169.254.x.x) are None: useless to a phone (they need a zone, and
+    browsers refuse them), so they are never offered to people.
+    """
+    addr = ipaddress.ip_address(ip)
+    if addr.is_link_local:
+        return None
+    if addr.version == 4:
+        return 0
+    return 3 if addr in ipaddress.ip_network("fc00::/7") else 1
+
+
+def people_urls(ips: Sequence[str], hostname: str, port: int, path: str, scheme: str = "http") -> list[str]:
+    """The URLs to offer people for these addresses: IPv4 and global IPv6 first, then <host>.local, then ULA."""
+    ranked = sorted((r, ip) for ip in set(ips) if (r := _rank(ip)) is not None)
+    hosts = [ip for r, ip in ranked if r < 3]
+    label = re.sub(r"[^a-z0-9-]+", "-", hostname.split(".")[0].lower()).strip("-")
+    if label:
+        # The name avahi (on by default in Raspberry Pi OS) publishes for the host itself.
+        hosts.append(f"{label}.local")
+    hosts += [ip for r, ip in ranked if r == 3]
+    return [f"{scheme}://{_url_host(h)}:{port}{path}" for h in hosts]
+
+
 def local_urls(port: int, path: str, scheme: str = "http") -> list[str]:
-    """The hub's own URL on each non-loopback address, printed when mDNS cannot be relied on.
+    """The hub's own URLs for people: on each usable address and its mDNS name (see people_urls).
 
     Blocking (reads the interface list); from async code call it via asyncio.to_thread.
     """
-    addrs = sorted(_scan(), key=lambda a: (a.version, a.link_local, a.ip))
-    hosts = [f"{a.ip}%{a.ifname}" if a.version == 6 and a.link_local else a.ip for a in addrs]
-    return [f"{scheme}://{_url_host(h)}:{port}{path}" for h in hosts]
+    return people_urls([a.ip for a in _scan()], socket.gethostname(), port, path, scheme)
 
 
 # --- advertising --------------------------------------------------------------------------------

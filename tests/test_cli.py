@@ -82,7 +82,7 @@ def test_no_hub_here_says_what_was_tried(tmp_path: Path) -> None:
 
 
 def test_the_cli_speaks_in_words(system_hub, tmp_path: Path) -> None:
-    root, hub = system_hub
+    root, _ = system_hub
     env = {"TELEMETRY_HUB_SYSTEM_ROOT": str(root)}
     r = cli("sync", cwd=tmp_path, env=env)  # no upstream configured
     assert "None" not in r.stdout + r.stderr and "no upstream.url configured" in r.stdout, (r.stdout, r.stderr)
