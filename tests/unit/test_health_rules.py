@@ -286,6 +286,8 @@ def test_no_upstream_or_nothing_waiting_or_a_window_holding_it_back_is_no_stall(
 
 
 def test_store_error_is_named_in_the_not_writable_problem():
-    found = problems(writable=False, store_error="the disk holding /data fails to read or write (SQLite: disk I/O error)")
+    found = problems(
+        writable=False, store_error="the disk holding /data fails to read or write (SQLite: disk I/O error)"
+    )
     assert codes(found) == [("critical", "store-not-writable")]
     assert "disk I/O error" in found[0].message and "journalctl" in found[0].message
