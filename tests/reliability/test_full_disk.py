@@ -120,7 +120,7 @@ def check_store(hub: HubProcess, ledger: Ledger) -> None:
 
 @contextlib.asynccontextmanager
 async def hub_under_load(
-    hub: HubProcess, ledger: Ledger, prefix: str, devices: int, sizes: tuple[int, ...]
+    hub: HubProcess, ledger: Ledger, prefix: str, devices: int, sizes: tuple[int, ...], resend: float = 0.1
 ) -> AsyncIterator[tuple[aiohttp.ClientSession, Callable[[], Awaitable[None]]]]:
     """Start the hub with `devices` devices sending to it; yield the session and a call that stops the devices.
 
@@ -133,7 +133,17 @@ async def hub_under_load(
         async with aiohttp.ClientSession() as http:
             tasks = [
                 asyncio.create_task(
-                    device(http, hub.url, f"{prefix}-{i}", ledger, stop, random.Random(i), sizes=sizes, pause=0.02)
+                    device(
+                        http,
+                        hub.url,
+                        f"{prefix}-{i}",
+                        ledger,
+                        stop,
+                        random.Random(i),
+                        sizes=sizes,
+                        pause=0.02,
+                        resend=resend,
+                    )
                 )
                 for i in range(devices)
             ]
@@ -189,7 +199,11 @@ async def test_store_cap_refuses_then_resumes_when_upstream_takes_the_backlog(tm
     hub = HubProcess(tmp_path / "data", config=cfg)
     ledger = Ledger()
     try:
-        async with hub_under_load(hub, ledger, "cap", 2, (1, 5, 20, 50)) as (http, stop_devices):
+        # No resends here: at the cap the hub deletes delivered events early to make room, and an event a
+        # device sends again after its first copy was deleted is new to the hub: it is stored and sent
+        # again, under another msgid (docs/durability.md says so; upstream dedups by mid). That is by
+        # design; the other full-disk tests keep the resends.
+        async with hub_under_load(hub, ledger, "cap", 2, (1, 5, 20, 50), resend=0.0) as (http, stop_devices):
             await wait_for(lambda: ledger.statuses[503] > 0, 30, "the hub never refused data at its cap")
             await asyncio.sleep(1.0)
             problem = await check_reads(http, hub)
