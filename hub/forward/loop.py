@@ -126,7 +126,9 @@ class Forwarder:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-            except Exception:  # it ended by itself earlier, and _ended logged why
+            except asyncio.CancelledError:
+                raise
+            except BaseException:  # it ended by itself earlier (whatever it raised), and _ended logged why
                 pass
         if self.sink is not None:
             await self.sink.close()
