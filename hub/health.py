@@ -100,6 +100,21 @@ def _upstream(i: HealthInputs, cfg: HealthConfig, now: float) -> Problem | None:
             f"Nothing is lost: {i.backlog:,} events wait here. Put the right key in "
             "upstream.api_key_file; the hub retries by itself.",
         )
+    if i.link == "intercepted":
+        return Problem(
+            "warning",
+            "upstream-intercepted",
+            "Something other than the institute's server answers the hub (a captive portal, a data-pack page "
+            f"or a proxy: {_answer(i.last_error)}). Nothing is marked delivered; {i.backlog:,} events wait here. "
+            "Log in or recharge the WAN link, or use an https:// upstream.url; the hub retries by itself.",
+        )
+    if i.link == "moved":
+        return Problem(
+            "warning",
+            "upstream-moved",
+            f"The institute's server answers with a redirect ({_answer(i.last_error)}); the hub does not follow "
+            f"it. {i.backlog:,} events wait here. Put the new address in upstream.url and restart the hub.",
+        )
     if i.link == "down":
         since = i.down_since or i.last_error_at or now
         if i.backlog and now - since >= cfg.upstream_down_minutes * 60:

@@ -291,3 +291,30 @@ def test_store_error_is_named_in_the_not_writable_problem():
     )
     assert codes(found) == [("critical", "store-not-writable")]
     assert "disk I/O error" in found[0].message and "journalctl" in found[0].message
+
+
+def test_an_intercepted_or_moved_link_is_a_warning_that_says_what_to_do() -> None:
+    from hub.config import HealthConfig
+    from hub.health import HealthInputs, assess
+
+    base = dict(
+        writable=True,
+        space_problem=None,
+        db_bytes=0,
+        free_bytes=10**12,
+        max_bytes=10**9,
+        min_free_bytes=1,
+        backlog=30,
+        dead_letters=0,
+        upstream_configured=True,
+    )
+    found = assess(
+        HealthInputs(**base, link="intercepted", last_error="intercepted: HTML page 'Login'"), HealthConfig(), 0.0
+    )
+    assert [(p.severity, p.code) for p in found] == [("warning", "upstream-intercepted")]
+    assert "captive portal" in found[0].message and "https://" in found[0].message and "30 events" in found[0].message
+    found = assess(
+        HealthInputs(**base, link="moved", last_error="moved: 301 to https://new.example/"), HealthConfig(), 0.0
+    )
+    assert [(p.severity, p.code) for p in found] == [("warning", "upstream-moved")]
+    assert "upstream.url" in found[0].message and "https://new.example/" in found[0].message
