@@ -375,3 +375,12 @@ async def test_event_without_a_mid_is_quarantined_and_the_rest_stored(start_hub,
     async with http.get(hub.url + "/health") as r:
         health = await r.json()
     assert (health["quarantined"], health["stored_total"], health["backlog"]) == (1, 2, 2)
+
+
+async def test_a_browser_opening_the_device_url_learns_what_it_is(start_hub, http) -> None:
+    hub = await start_hub()
+    for path in ("/api/data/v1/telemetry", "/v1/telemetry"):
+        async with http.get(hub.url + path) as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST, OPTIONS"
+            body = await r.json()
+        assert "POST telemetry events here" in body["message"] and "status page" in body["message"]

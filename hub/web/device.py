@@ -141,7 +141,21 @@ class Ingest:
         for path in DEVICE_PATHS:
             out.append(web.post(path, self.handle))
             out.append(web.options(path, self.preflight))
+            out.append(web.get(path, self.explain))
         return out
+
+    async def explain(self, request: web.Request) -> web.Response:
+        """A browser opening the device URL learns what it is, instead of a bare 405 (says nothing more)."""
+        return json_response(
+            405,
+            {
+                "id": "api.telemetry",
+                "message": "This is the hub's Sunbird telemetry endpoint: devices POST telemetry events here "
+                "(JSON or gzip, as the Sunbird app and telemetry library do). Set this address as the telemetry "
+                "URL in the app; the hub's status page is at /.",
+            },
+            {"Allow": "POST, OPTIONS"},
+        )
 
     @web.middleware
     async def cors(self, request: web.Request, handler: Callable) -> web.StreamResponse:
