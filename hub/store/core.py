@@ -42,8 +42,7 @@ T = TypeVar("T")
 _MAX_GROUP_REQUESTS = 256
 # How often the disk and file sizes are re-read for the cap check (seconds).
 _SPACE_CHECK_INTERVAL_S = 1.0
-# Every this many space checks the backlog is recounted from the table (another process, such as
-# `telemetry-hub import --data-dir`, may have added events).
+# Every this many space checks the figures are recounted anyway (besides on another process's commit).
 _RECOUNT_EVERY = 30
 # Retention deletes this many delivered events per transaction.
 _PRUNE_CHUNK = 5000
@@ -82,6 +81,7 @@ class Store:
         self._closing = False
         self._listeners: list[Callable[[], None]] = []
         self._commit_hooks: list[Callable[[float, int], None]] = []
+        self._data_version: int | None = None  # the file's data_version when last looked at
         # Failed writes and measurements are logged once per cause, not once per request or tick.
         self._failures = WriteFailures(self.path, self.stats, log)
         self._measure_failures = FailureLog(log, "store measurement")
@@ -97,6 +97,7 @@ class Store:
         await migrate(self._db, self.path, self.space.measure)
         self._reader = await open_reader(self.path)
         await self._load_stats()
+        await self._written_elsewhere()  # the baseline: commits by others from now on are noticed
         await self.space.refresh()
         self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
         self._space_task = asyncio.create_task(self._space_loop(), name="store-space")
@@ -131,9 +132,26 @@ class Store:
         s.dead_letters = await self.read.dead_letter_count()
 
     async def recount(self) -> None:
-        """Re-read the backlog from the table (another process, e.g. `import --data-dir`, may have added)."""
+        """Re-read the figures another process may have changed (e.g. `import --data-dir`), and wake the
+        forwarder when the backlog grew."""
+        before = self.stats.backlog
+        named = await self.read.counters()
         self.stats.backlog = await self.read.backlog()
         self.stats.dead_letters = await self.read.dead_letter_count()
+        self.stats.quarantined = await self.read.quarantined()
+        self.stats.stored_total = named.get("stored", self.stats.stored_total)
+        self.stats.duplicates = named.get("duplicates", self.stats.duplicates)
+        if self.stats.backlog > before:
+            for cb in self._listeners:
+                cb()
+
+    async def _written_elsewhere(self) -> bool:
+        """Whether another process committed since the last look: the writer connection's data_version
+        moves only for other connections' commits (the PRAGMA runs between the writer's jobs)."""
+        version = await self.read.data_version(self._db) if self._db is not None else None
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
 
     # ---- space -----------------------------------------------------------------------------
 
@@ -146,7 +164,7 @@ class Store:
                 await self.space.refresh()
                 if self.stats.full_reason and await self._make_room():
                     await self.space.refresh()
-                if ticks % _RECOUNT_EVERY == 0:
+                if ticks % _RECOUNT_EVERY == 0 or await self._written_elsewhere():
                     await self.recount()
                 await self.refresh_oldest()
             except (OSError, sqlite3.Error, StoreFull, StoreUnavailable, StoreClosed) as exc:
@@ -187,8 +205,6 @@ class Store:
         problem = self.space.problem(incoming)
         if problem:
             raise StoreFull(problem)
-
-    # ---- hooks -----------------------------------------------------------------------------
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call back (on the loop) after each commit that stored new events; wakes the forwarder."""
@@ -372,13 +388,11 @@ class Store:
         delivered: Sequence[int] = (),
         counters: Mapping[str, int] | None = None,
     ) -> Taken:
-        """The batch to send next with its (seq, mid, raw) rows: an unfinished one (same msgid as before), else a new one.
+        """The next batch and its (seq, mid, raw) rows: an unfinished one (same msgid), else a new one.
 
-        A new batch holds pending events of one channel and one producer, oldest first, within both
-        limits. Its msgid is committed before it is sent, so every retry, even after a crash, reuses
-        it. Batches in `exclude` (in flight) are left alone. `delivered` are batches upstream has just
-        acknowledged: they are recorded in the same transaction (one commit per batch, not two), as
-        are `counters` (e.g. bytes sent today). Only this batch's rows are read, never the backlog.
+        Its msgid is committed before it is sent, so every retry, even after a crash, reuses it; one
+        channel and producer, oldest first, within both limits; `exclude` (in flight) is left alone.
+        `delivered` batches (just acknowledged) and `counters` commit in the same transaction.
         """
         now = int(time.time() * 1000)
         taken = await self._write(

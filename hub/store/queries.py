@@ -159,3 +159,8 @@ class Queries:
             (limit,),
         )
         return [LedgerEntry(*r) for r in rows]
+
+    async def data_version(self, conn: aiosqlite.Connection) -> int:
+        """SQLite's data_version on `conn`: it changes when another connection commits to the file."""
+        rows = list(await conn.execute_fetchall("PRAGMA data_version"))
+        return int(rows[0][0]) if rows else 0
