@@ -83,6 +83,7 @@ class StoreConfig:
     retention_days: float = 7.0
     strict_schema: bool = False
     retry_after: int = 30  # seconds a refused device is told to wait
+    quarantine_keep_bytes: int = 4 * KiB  # of a malformed event, only this much is kept (with its size and hash)
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,7 @@ _SIZE_FIELDS = {
     "daily_byte_budget",
     "max_file_bytes",
     "max_uncompressed_bytes",
+    "quarantine_keep_bytes",
 }
 
 

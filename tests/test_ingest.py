@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import json
 import zlib
 
@@ -186,7 +187,9 @@ async def test_unreadable_event_is_quarantined_and_the_rest_stored(start_hub, ht
     assert answer["result"]["accepted"] == 2
     [q] = answer["result"]["quarantined"]
     assert q["index"] == 1 and "cannot be read as JSON" in q["reason"]
-    assert hub.rows("SELECT length(raw) FROM quarantine") == [(50000,)]
+    # Kept aside bounded: a prefix (store.quarantine_keep_bytes), the real size and a hash of the bytes.
+    [(kept, size, digest)] = hub.rows("SELECT raw, size, sha256 FROM quarantine")
+    assert bytes(kept) == b"9" * 4096 and size == 50000 and digest == hashlib.sha256(b"9" * 50000).hexdigest()
 
 
 @pytest.mark.parametrize("body,headers,status,err,fragment", BAD_BODIES)
@@ -384,3 +387,29 @@ async def test_a_browser_opening_the_device_url_learns_what_it_is(start_hub, htt
             assert r.status == 405 and r.headers["Allow"] == "POST, OPTIONS"
             body = await r.json()
         assert "POST telemetry events here" in body["message"] and "status page" in body["message"]
+
+
+@pytest.mark.slow
+async def test_a_flood_of_malformed_events_keeps_the_store_small(start_hub, http) -> None:
+    """600 KB of gzip that inflates to 1 MB events without a mid: kept aside as bounded prefixes, and real
+    telemetry is still accepted afterwards."""
+    hub = await start_hub()
+    junk = {"eid": "LOG", "ets": 1, "ver": "3.0", "edata": {"message": "x" * 1_000_000}}  # no mid
+    body = gzip.compress(json.dumps({"events": [junk] * 9}).encode(), 9)
+    assert len(body) < 20_000
+    size_before = sum(p.stat().st_size for p in hub.db_path.parent.glob("hub.db*"))
+    sent = 0
+    while sent < 600_000:
+        status, answer, _ = await post(
+            http, hub, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        )
+        assert status == 200 and len(answer["result"]["quarantined"]) == 9
+        sent += len(body)
+    [(count, kept, size)] = hub.rows("SELECT count(*), sum(length(raw)), sum(size) FROM quarantine")
+    assert count >= 9 * 30 and kept <= count * 4096 and size >= count * 1_000_000
+    grown = sum(p.stat().st_size for p in hub.db_path.parent.glob("hub.db*")) - size_before
+    assert grown < 8 * 2**20, f"the store grew by {grown / 2**20:.1f} MiB for junk"
+    status, answer, _ = await post(
+        http, hub, json.dumps({"events": make_events(5)}).encode(), {"Content-Type": "application/json"}
+    )
+    assert status == 200 and answer["result"]["accepted"] == 5

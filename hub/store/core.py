@@ -21,7 +21,7 @@ import aiosqlite
 
 from ..config import StoreConfig
 from ..errors import StoreClosed, StoreFull, StoreUnavailable
-from ..telemetry import Checked, sqlite_text
+from ..telemetry import Checked
 from . import delivery
 from .connection import open_reader, open_writer
 from .delivery import Taken
@@ -30,7 +30,16 @@ from .migrations import SCHEMA_VERSION, migrate
 from .queries import Queries
 from .space import Space
 from .stats import AddResult, StoreStats
-from .writes import LedgerRow, RequestPlan, add_counters, apply_group, bare, in_transaction, record_delivery
+from .writes import (
+    LedgerRow,
+    RequestPlan,
+    add_counters,
+    apply_group,
+    bare,
+    in_transaction,
+    record_delivery,
+    request_rows,
+)
 
 __all__ = ["AddResult", "Store", "StoreStats"]
 
@@ -177,18 +186,13 @@ class Store:
                 self._measure_failures.worked()
 
     async def refresh_oldest(self) -> None:
-        """Re-read the oldest event waiting for upstream, and since when it has been the oldest (in memory).
-
-        One index seek (events_pending); /health, the status page and metrics then read memory only.
-        """
+        """Re-read the oldest waiting event and since when it is the oldest: one index seek (events_pending);
+        /health, the status page and metrics then read memory only."""
         self.stats.note_oldest(await self.read.oldest_waiting(), time.time())
 
     async def _make_room(self) -> int:
-        """When full, delete delivered events early (upstream has them), so devices are not refused for days.
-
-        Retention is for re-export and investigation; taking new telemetry matters more. Undelivered
-        events are never deleted. Returns how many events were deleted.
-        """
+        """When full, delete delivered events early (upstream has them; never undelivered ones): taking new
+        telemetry matters more than retention's re-export window. Returns how many were deleted."""
         if not await self.read.any_delivered():
             return 0
         n = await self.prune(0)
@@ -225,7 +229,8 @@ class Store:
         """
         if self._closing or self._writer is None:
             raise StoreClosed("the hub is shutting down; retry in a moment")
-        size = sum(len(e.raw) for e in checked.events) + sum(len(q.raw) for q in checked.quarantined)
+        keep = self.cfg.quarantine_keep_bytes
+        size = sum(len(e.raw) for e in checked.events) + sum(min(len(q.raw), keep) for q in checked.quarantined)
         self.check_space(size)
         self.space.pending_bytes += size
         fut: asyncio.Future[AddResult] = asyncio.get_running_loop().create_future()
@@ -309,17 +314,9 @@ class Store:
         plan: list[RequestPlan] = []
         try:
             for p in group:
-                source = sqlite_text(p.source)
-                device = sqlite_text(p.device)
-                # Event fields are already SQLite-safe (see telemetry.Event); only the request's own need care.
-                rows = [
-                    (e.mid, device or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, source)
-                    for e in p.checked.events
-                ]
-                raws = [e.raw for e in p.checked.events]
-                quarantine = [
-                    (now_ms, source, device, sqlite_text(x.mid), x.reason, x.raw) for x in p.checked.quarantined
-                ]
+                rows, raws, quarantine = request_rows(
+                    p.checked, p.source, p.device, now_ms, self.cfg.quarantine_keep_bytes
+                )
                 for row in rows:
                     if row[1]:
                         devices[row[1]] = devices.get(row[1], 0) + 1

@@ -124,6 +124,12 @@ _MIGRATIONS: list[str] = [
     CREATE VIEW stored_events AS SELECT events.*, event_raw.raw FROM events JOIN event_raw USING (seq);
     INSERT OR IGNORE INTO counters (name, value) SELECT 'stored', coalesce(max(seq), 0) FROM events;
     """,
+    # v4: quarantine keeps a bounded prefix of a malformed event, with the event's real size and a hash.
+    """
+    ALTER TABLE quarantine ADD COLUMN size INTEGER;
+    ALTER TABLE quarantine ADD COLUMN sha256 TEXT;
+    UPDATE quarantine SET size = length(raw);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Migrations that copy every event once (a table rebuild): they need room on the disk first.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+
+from ..telemetry import Checked, sqlite_text
 
 T = TypeVar("T")
 
@@ -78,6 +81,24 @@ def bare(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
     return job(conn)
 
 
+def request_rows(
+    checked: Checked, source: str, device: str | None, now_ms: int, keep: int
+) -> tuple[list[tuple[Any, ...]], list[bytes], list[tuple[Any, ...]]]:
+    """One request's event rows, their bytes, and its quarantine rows.
+
+    Of a malformed event only a bounded prefix is kept, with its real size and SHA-256: a flood of
+    junk cannot fill the store. Event fields are already SQLite-safe (see telemetry.Event); only the
+    request's own source and device need care.
+    """
+    src, dev = sqlite_text(source), sqlite_text(device)
+    rows = [(e.mid, dev or e.did, e.eid, e.ets, e.channel, e.pdata_id, now_ms, src) for e in checked.events]
+    quarantine = [
+        (now_ms, src, dev, sqlite_text(q.mid), q.reason, q.raw[:keep], len(q.raw), hashlib.sha256(q.raw).hexdigest())
+        for q in checked.quarantined
+    ]
+    return rows, [e.raw for e in checked.events], quarantine
+
+
 # One request's share of a group commit: event rows, their bytes, quarantine rows, an import ledger row.
 RequestPlan = tuple[list[tuple[Any, ...]], list[bytes], list[tuple[Any, ...]], LedgerRow | None]
 
@@ -93,7 +114,8 @@ def apply_group(conn: sqlite3.Connection, plan: list[RequestPlan], devices: dict
             seq += len(rows)
             if quarantine:
                 conn.executemany(
-                    "INSERT INTO quarantine (received_at, source, did, mid, reason, raw) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO quarantine (received_at, source, did, mid, reason, raw, size, sha256)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     quarantine,
                 )
             if ledger is not None:
