@@ -19,7 +19,7 @@ import ifaddr
 from aiohttp import web
 
 from .device import DEVICE_PATHS
-from .responses import sunbird_error
+from .responses import answer_and_close, sunbird_error
 
 __all__ = ["HostGuard"]
 
@@ -100,8 +100,9 @@ class HostGuard:
                 shown,
                 request.remote,
             )
-        return sunbird_error(
+        refusal = sunbird_error(
             421,
             f"this hub does not answer to the name {shown!r}: use its address or name "
             "(or add the name to server.host_names in the hub's config)",
         )
+        return await answer_and_close(request, refusal)  # nothing more is read from a misdirected client

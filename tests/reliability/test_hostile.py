@@ -498,7 +498,7 @@ def test_every_field_of_real_events_in_every_json_type(hub):
 
 
 def _req(headers: bytes, body: bytes = b"", method: bytes = b"POST", path: bytes = PATH.encode()) -> bytes:
-    return method + b" " + path + b" HTTP/1.1\r\nHost: hub\r\n" + headers + b"\r\n" + body
+    return method + b" " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n" + body
 
 
 _OK_BODY = b'{"events":[{"mid":"wire-%s","eid":"LOG","ets":1}]}'
@@ -660,7 +660,7 @@ async def test_slowloris_is_bounded_and_does_not_starve_devices(hub):
     for i in range(50):
         kind = i % 5
         if kind in (0, 1):  # headers never finish
-            head, rest = b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: hub\r\n", b"X-Slow: " + b"a" * 60
+            head, rest = b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: " + b"a" * 60
         elif kind in (2, 3):  # device body trickles
             head, rest = _req(b"Content-Length: %d\r\n" % len(body)), body
         else:  # a form body trickles to /login (no token needed to start it)
