@@ -123,6 +123,7 @@ class Hub:
         self.tls_port: int | None = None
         self.hub_id = ""
         self.admin_token = ""
+        self.keys: KeyRing | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -132,7 +133,8 @@ class Hub:
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.hub_id = secrets.hub_id(self.data_dir)
             self.admin_token = secrets.admin_token(cfg, create=True)
-            keys = KeyRing(secrets.device_keys(cfg))
+            keys_file = Path(cfg.auth.device_keys_file) if cfg.auth.device_keys_file else None
+            self.keys = keys = KeyRing(secrets.device_keys(cfg), keys_file)
         except PermissionError as exc:
             raise HubError(
                 f"cannot write to the data directory {self.data_dir} ({exc.strerror}); "
@@ -260,6 +262,12 @@ class Hub:
             await self.store.close()
             self.store = None
 
+    def reload(self) -> None:
+        """SIGHUP (`systemctl reload telemetry-hub`): read the device keys file again now."""
+        log.info("reload: reading the device keys again")
+        if self.keys is not None:
+            self.keys.reload()
+
     def request_stop(self) -> None:
         """Ask the hub to stop (signal handler); a second request skips the drain."""
         if self._stop.is_set():
@@ -292,6 +300,7 @@ class Hub:
         watchdog = Watchdog(notifier, healthy=self._alive)
         for sig in (signal.SIGTERM, signal.SIGINT):  # SIGTERM: systemd stop; SIGINT: Ctrl+C
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)  # systemctl reload
         reporter: asyncio.Task[None] | None = None
         try:
             await self.start()
@@ -307,6 +316,6 @@ class Hub:
             await self.stop()
             await watchdog.stop()  # last: a hung drain is still caught by systemd's watchdog
             notifier.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("stopped cleanly")

@@ -120,13 +120,17 @@ def admin_token_source(cfg: Config) -> str:
     return str(cfg.data_dir / "admin-token")
 
 
+def parse_device_keys(text: str) -> list[str]:
+    """One key per line; blank lines and lines starting with '#' are not keys."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
 def device_keys(cfg: Config) -> list[str]:
     """The device keys, one per line of auth.device_keys_file ('#' starts a comment); none = no key needed."""
     name = cfg.auth.device_keys_file
     if not name:
         return []
-    text = read_secret_file(Path(name))
-    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    keys = parse_device_keys(read_secret_file(Path(name)))
     if not keys:
         raise ConfigError(f"auth.device_keys_file {name} holds no key; add one per line")
     return keys

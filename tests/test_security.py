@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,56 @@ def test_files_the_hub_makes_are_private_whatever_the_umask(tmp_path: Path) -> N
         mode = stat.S_IMODE((data / name).stat().st_mode)
         assert mode & 0o077 == 0, (name, oct(mode))
     assert f"made {data} private" in hub.log()
+
+
+def _post_events(hub: HubProcess, key: str, mid: str) -> int:
+    event = {
+        "eid": "LOG",
+        "ets": 1,
+        "ver": "3.0",
+        "mid": mid,
+        "actor": {"id": "a", "type": "User"},
+        "context": {"channel": "c", "pdata": {"id": "p"}, "env": "e"},
+        "edata": {"type": "t", "level": "INFO", "message": "m"},
+    }
+    con = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=10)
+    con.request(
+        "POST",
+        "/api/data/v1/telemetry",
+        body=json.dumps({"events": [event]}),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    status = con.getresponse().status
+    con.close()
+    return status
+
+
+def test_a_revoked_device_key_is_refused_within_seconds(tmp_path: Path) -> None:
+    """The keys file is watched (and re-read on SIGHUP): no restart is needed to revoke a key."""
+    keys = tmp_path / "device-keys"
+    keys.write_text("# one key per line\nkey-old\n")
+    hub = HubProcess(
+        tmp_path / "data", config=write_config(tmp_path / "hub.toml", auth={"device_keys_file": str(keys)})
+    )
+    hub.start()
+    try:
+        assert _post_events(hub, "key-old", "k-1") == 200
+        assert _post_events(hub, "key-new", "k-2") == 401
+        keys.write_text("key-new\n")  # revoke the old key, add a new one
+        deadline = time.monotonic() + 5
+        while _post_events(hub, "key-old", "k-3") != 401:
+            assert time.monotonic() < deadline, "a revoked key still works"
+            time.sleep(0.2)
+        assert _post_events(hub, "key-new", "k-4") == 200
+        # SIGHUP (systemctl reload) reads it at once; an emptied file refuses every key (fail closed).
+        keys.write_text("# nothing here\n")
+        assert hub.proc is not None
+        hub.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while _post_events(hub, "key-new", "k-5") != 401:
+            assert time.monotonic() < deadline, "an emptied keys file still let a key in"
+            time.sleep(0.2)
+        assert hub.proc.poll() is None, "SIGHUP stopped the hub"
+    finally:
+        hub.terminate()
+    assert "holds no key; every device key is refused" in hub.log()

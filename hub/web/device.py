@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
 from ..config import LimitsConfig, StoreConfig
 from ..errors import BadRequest, StoreClosed, StoreFull, StoreUnavailable
 from ..schema import SchemaChecker
+from ..secrets import parse_device_keys
 from ..store import Store
 from ..telemetry import check_events, split_envelope, success_body
 from .responses import answer_and_close, json_response, sunbird_error
@@ -48,6 +51,8 @@ _CORS_HEADERS = ", ".join(
     ]
 )
 _READ_CHUNK = 64 * 1024
+# How often the device keys file is looked at for changes (seconds): a revoked key stops within this.
+_KEYS_CHECK_S = 1.0
 # Seconds a device is told to wait when the hub already buffers limits.max_buffered_bytes of bodies.
 _BUSY_RETRY_AFTER_S = 5
 
@@ -79,18 +84,60 @@ class _Hold:
 
 
 class KeyRing:
-    """Device API keys, compared in constant time; empty means devices need no key."""
+    """Device API keys, compared in constant time; empty (and no file) means devices need no key.
 
-    def __init__(self, keys: Iterable[str] = ()) -> None:
+    With a keys file, the file is looked at again at most once a second and on reload() (SIGHUP,
+    `systemctl reload`), so a revoked key is refused within seconds without a restart. A file that
+    becomes unreadable or empty refuses every key (fail closed) until it is fixed.
+    """
+
+    def __init__(self, keys: Iterable[str] = (), path: Path | None = None) -> None:
         self._keys = [k.encode() for k in keys if k]
+        self.path = path
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+        self._problem: str | None = None
 
     @property
     def required(self) -> bool:
-        return bool(self._keys)
+        return bool(self._keys) or self.path is not None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self, force: bool = True) -> None:
+        """Re-read the keys file if it changed (or always, with force)."""
+        if self.path is None:
+            return
+        stamp = self._stat()
+        if not force and stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            keys = parse_device_keys(self.path.read_text("utf-8"))
+            problem = None if keys else f"auth.device_keys_file {self.path} holds no key"
+        except OSError as exc:
+            keys, problem = [], f"cannot read auth.device_keys_file {self.path}: {exc.strerror}"
+        self._keys = [k.encode() for k in keys]
+        if problem:
+            if problem != self._problem:
+                log.error("%s; every device key is refused until it is fixed", problem)
+        else:
+            log.info("device keys read from %s: %d key%s", self.path, len(keys), "s" if len(keys) != 1 else "")
+        self._problem = problem
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an `Authorization: Bearer <key>` header carries a known key."""
-        if not self._keys:
+        if self.path is not None and time.monotonic() - self._checked >= _KEYS_CHECK_S:
+            self._checked = time.monotonic()
+            self.reload(force=False)
+        if not self.required:
             return True
         if not authorization:
             return False
