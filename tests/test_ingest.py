@@ -264,6 +264,8 @@ async def test_schema_violations_warn_by_default_and_quarantine_when_strict(star
     hub = await start_hub()
     status, answer, _ = await post(http, hub, json.dumps({"events": bad}).encode())
     assert status == 200 and answer["result"]["accepted"] == 2 and answer["result"]["warnings"] == 1
+    [warned] = answer["result"]["warning_reasons"]
+    assert warned["count"] == 1 and "LOG" in warned["reason"]
     assert any("LOG" in k for k in hub.hub.store.stats.schema_warnings)
     await hub.hub.stop()
 

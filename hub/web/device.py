@@ -283,19 +283,16 @@ class Ingest:
             )
         except StoreClosed as exc:
             return sunbird_error(503, str(exc), msgid, {"Retry-After": "5"})
-        return json_response(
-            200,
-            success_body(
-                msgid,
-                {
-                    "received": received,
-                    "accepted": result.new,
-                    "duplicates": result.duplicates,
-                    "quarantined": [{"index": q.index, "reason": q.reason} for q in checked.quarantined],
-                    "warnings": sum(checked.warnings.values()),
-                },
-            ),
-        )
+        result_body: dict[str, object] = {
+            "received": received,
+            "accepted": result.new,
+            "duplicates": result.duplicates,
+            "quarantined": [{"index": q.index, "reason": q.reason} for q in checked.quarantined],
+            "warnings": sum(checked.warnings.values()),
+        }
+        if checked.warnings:  # which checks the warned events broke (stored and forwarded anyway)
+            result_body["warning_reasons"] = [{"reason": k, "count": v} for k, v in sorted(checked.warnings.items())]
+        return json_response(200, success_body(msgid, result_body))
 
     def _client_error(self, kind: str) -> None:
         self.counters.client_errors[kind] = self.counters.client_errors.get(kind, 0) + 1
