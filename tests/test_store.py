@@ -158,3 +158,17 @@ async def test_writes_after_close_are_refused_not_lost(store):
         assert "shutting down" in str(exc)
     else:
         raise AssertionError("a write after close was accepted")
+
+
+async def test_retention_forgets_quarantine_too(store):
+    """What is kept of junk is bounded in time as well as in size: quarantine follows store.retention_days."""
+    from hub.telemetry import Quarantined
+
+    junk = [Quarantined(i, "event has no 'mid' string", b'{"eid":"LOG"}', None) for i in range(3)]
+    r = await store.add(Checked(events=[_event("kept")], quarantined=junk), source="test")
+    assert (r.new, r.quarantined) == (1, 3) and store.stats.quarantined == 3
+    assert await store.prune(retention_s=3600) == 0 and store.stats.quarantined == 3  # not old yet
+    await asyncio.sleep(0.01)
+    await store.prune(retention_s=0)
+    assert store.stats.quarantined == 0 and _one(store, "SELECT count(*) FROM quarantine") == 0
+    assert _one(store, "SELECT count(*) FROM events") == 1  # undelivered events are never pruned

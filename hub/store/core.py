@@ -193,7 +193,7 @@ class Store:
     async def _make_room(self) -> int:
         """When full, delete delivered events early (upstream has them; never undelivered ones): taking new
         telemetry matters more than retention's re-export window. Returns how many were deleted."""
-        if not await self.read.any_delivered():
+        if not await self.read.any_delivered() and not self.stats.quarantined:
             return 0
         n = await self.prune(0)
         if n:
@@ -445,18 +445,20 @@ class Store:
         return n
 
     async def prune(self, retention_s: float) -> int:
-        """Delete delivered events older than the retention period and give the pages back."""
+        """Delete delivered events and quarantine (junk is bounded in time too) older than the retention
+        period, and give the pages back; at the cap (`_make_room`, retention 0) quarantine goes first."""
         cutoff = int((time.time() - retention_s) * 1000)
-        total = 0
-        while True:
+        junk = await self._write(partial(delivery.prune_quarantine, cutoff_ms=cutoff))
+        self.stats.quarantined = max(0, self.stats.quarantined - junk)
+        total, n = 0, _PRUNE_CHUNK
+        while n == _PRUNE_CHUNK:  # a chunk per transaction, until one comes back short
             n = await self._write(partial(delivery.prune_delivered, cutoff_ms=cutoff, chunk=_PRUNE_CHUNK))
             total += n
-            if n < _PRUNE_CHUNK:
-                break
-        if total:
+        if total or junk:
             await self._write(partial(delivery.prune_hourly, before_hour=int(time.time()) // 3600 - _HOURLY_KEEP_H))
             await self._write(delivery.shrink, transaction=False)
-            log.info("retention: deleted %d delivered events older than %.1f days", total, retention_s / 86400)
+            days = retention_s / 86400
+            log.info("retention: deleted %d delivered and %d quarantined events over %.1f days old", total, junk, days)
         return total
 
     # ---- counters --------------------------------------------------------------------------

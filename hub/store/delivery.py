@@ -212,6 +212,11 @@ def prune_delivered(conn: sqlite3.Connection, cutoff_ms: int, chunk: int) -> int
     return len(seqs)
 
 
+def prune_quarantine(conn: sqlite3.Connection, cutoff_ms: int) -> int:
+    """Forget quarantined (malformed, never forwarded) events received before `cutoff_ms`; return how many."""
+    return max(conn.execute("DELETE FROM quarantine WHERE received_at < ?", (cutoff_ms,)).rowcount, 0)
+
+
 def prune_hourly(conn: sqlite3.Connection, before_hour: int) -> None:
     """Forget the chart's hourly counts older than `before_hour`."""
     conn.execute("DELETE FROM hourly WHERE hour < ?", (before_hour,))
