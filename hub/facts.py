@@ -18,6 +18,7 @@ from .discovery import local_urls
 from .forward import Forwarder, Outcome
 from .health import HEALTH_MARGIN_BYTES, STATE_TEXT, HealthInputs, Problem, assess, state_of
 from .store import Store
+from .words import LINK_TEXT
 
 __all__ = ["Here", "StatusFacts", "is_loopback", "page_needs_token"]
 
@@ -26,16 +27,6 @@ log = logging.getLogger(__name__)
 _RECENT_DEVICES = 20
 _TOP_REASONS = 5
 _LOOPBACK_NAMES = ("localhost",)
-
-_LINK_TEXT = {
-    "up": "working",
-    "down": "unreachable",
-    "auth-failed": "API key rejected",
-    "intercepted": "something other than the institute's server answers — a captive portal, a data-pack page or a proxy: log in or recharge the WAN link, or use an https:// upstream",
-    "moved": "upstream answered a redirect (see the last error for where to): update upstream.url",
-    "unknown": "not tried yet",
-    "disabled": "not configured",
-}
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -200,7 +191,7 @@ class StatusFacts:
                 "configured": self.forwarder.enabled,
                 "url": self.forwarder.target,
                 "link": st.link,
-                "link_text": _LINK_TEXT.get(st.link, st.link),
+                "link_text": LINK_TEXT.get(st.link, st.link),
                 "last_delivery_at": last_delivery,
                 "last_error": st.last_error,
                 "last_error_at": st.last_error_at,

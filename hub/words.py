@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 __all__ = [
+    "LINK_TEXT",
     "ago",
     "clock",
     "duration_text",
@@ -92,3 +93,15 @@ def nice_ceiling(value: int) -> int:
 def printable(text: str) -> str:
     """Device ids and upstream answers are not ours: no escape sequence reaches the terminal."""
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+
+
+# The upstream link states (ForwardState.link) in words: the status page, /status.json and the CLI say the same.
+LINK_TEXT = {
+    "up": "working",
+    "down": "unreachable",
+    "auth-failed": "API key rejected",
+    "intercepted": "something other than the institute's server answers — a captive portal, a data-pack page or a proxy: log in or recharge the WAN link, or use an https:// upstream",
+    "moved": "upstream answered a redirect (see the last error for where to): update upstream.url",
+    "unknown": "not tried yet",
+    "disabled": "not configured",
+}

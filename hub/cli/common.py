@@ -117,8 +117,8 @@ def config_from(args: argparse.Namespace) -> Config:
 
 def client_for(args: argparse.Namespace, cfg: Config | None = None) -> HubClient:
     """A client for --url (or the hub the config describes) carrying the admin token (see hub.secrets)."""
-    _, tried = locate(args)
-    cfg = cfg or config_from(args)
+    found, tried = locate(args)  # once: the config, and what was tried for the error messages
+    cfg = cfg or found
     url = getattr(args, "url", None)
     token = secrets.admin_token(cfg, getattr(args, "token", None))
     hint = ""

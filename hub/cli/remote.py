@@ -7,20 +7,12 @@ import json
 import sys
 from typing import Any
 
+from ..words import LINK_TEXT
 from .client import error_text
 from .common import client_for, remote_options
 from .text import format_text
 
 __all__ = ["add_commands"]
-
-
-_LINK_WORDS = {
-    "up": "working",
-    "down": "unreachable",
-    "auth-failed": "refuses the API key",
-    "unknown": "not tried yet",
-    "disabled": "not configured",
-}
 
 
 def _refusal(client: Any, answer: Any) -> str:
@@ -38,7 +30,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        link = _LINK_WORDS.get(str(answer.get("link")), str(answer.get("link") or ""))
+        link = LINK_TEXT.get(str(answer.get("link")), str(answer.get("link") or ""))
         tail = f"; upstream link {link}" if answer.get("link") else ""
         print(f"delivered {answer['delivered']} events; {answer['backlog']} still waiting{tail}")
         if answer.get("error"):

@@ -12,7 +12,7 @@ from ..forward import Forwarder
 from ..store import Store
 from .responses import json_response, sunbird_error
 
-__all__ = ["TOKEN_IN_URL", "AdminGate", "BadParameter", "Control", "query_number", "token_from"]
+__all__ = ["TOKEN_IN_URL", "AdminGate", "BadParameter", "Control", "query_number", "token_from", "token_refused"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,17 @@ TOKEN_IN_URL = (
     "the admin token is no longer accepted in the address (?token=...): it would end up in browser history "
     "and logs. Send it as 'Authorization: Bearer <token>', or sign in on the status page"
 )
+
+
+def token_refused(request: web.Request) -> web.Response:
+    """The 401 every admin path answers without the token: what to send, or why a token in the URL is refused."""
+    if "token" in request.query:
+        return sunbird_error(401, TOKEN_IN_URL)
+    return sunbird_error(
+        401,
+        "missing or wrong admin token: send 'Authorization: Bearer <admin token>' "
+        "(the token is in <data_dir>/admin-token)",
+    )
 
 
 def token_from(request: web.Request) -> str:
@@ -86,13 +97,7 @@ class Control:
         if self.admin.check(request, form_token):
             return None
         log.warning("admin action %s refused from %s: missing or wrong admin token", request.path, request.remote)
-        if "token" in request.query:
-            return sunbird_error(401, TOKEN_IN_URL)
-        return sunbird_error(
-            401,
-            "missing or wrong admin token: send 'Authorization: Bearer <admin token>' "
-            "(the token is in <data_dir>/admin-token)",
-        )
+        return token_refused(request)
 
     async def sync(self, request: web.Request) -> web.StreamResponse:
         """Deliver now and report the outcome; from the status page's button or `telemetry-hub sync`."""

@@ -19,7 +19,7 @@ from aiohttp.multipart import BodyPartReader
 from ..config import Config
 from ..share import Importer, ImportReport, NothingToExport, clean_name, export_archive, parse_since
 from . import pages
-from .admin import TOKEN_IN_URL, AdminGate, BadParameter, query_number
+from .admin import AdminGate, BadParameter, query_number, token_refused
 from .responses import answer_and_close, sunbird_error
 
 __all__ = ["ShareHandlers"]
@@ -200,7 +200,7 @@ class ShareHandlers:
     async def list_imports(self, request: web.Request) -> web.Response:
         """GET the import ledger (admin token), newest first."""
         if not self.admin.check(request):
-            return _denied(request)
+            return token_refused(request)
         try:
             limit = int(query_number(request, "limit", 200, 1, 10_000))
         except BadParameter as exc:
@@ -210,7 +210,7 @@ class ShareHandlers:
     async def export_http(self, request: web.Request) -> web.StreamResponse:
         """GET a telemetry archive of the backlog (admin token); `pending=1` (default) or `all=1`, `since=`."""
         if not self.admin.check(request):
-            return _denied(request)
+            return token_refused(request)
         q = request.query
         pending = not _flag(q.get("all")) and _flag(q.get("pending", "1"))
         try:
@@ -252,12 +252,6 @@ class ShareHandlers:
             fh.close()
         log.info("export over HTTP: %d events in %d batches (marks nothing delivered)", report.events, report.batches)
         return response
-
-
-def _denied(request: web.Request) -> web.Response:
-    if "token" in request.query:
-        return sunbird_error(401, TOKEN_IN_URL)
-    return sunbird_error(401, "missing or wrong admin token: send 'Authorization: Bearer <token>'")
 
 
 def _flag(value: str | None) -> bool:

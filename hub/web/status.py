@@ -12,8 +12,8 @@ from aiohttp import web
 from ..facts import Here, StatusFacts, page_needs_token
 from ..metrics import Metrics
 from . import pages
-from .admin import TOKEN_IN_URL, AdminGate, token_from
-from .responses import json_response, see_other, sunbird_error
+from .admin import AdminGate, token_from, token_refused
+from .responses import json_response, see_other
 
 __all__ = ["StatusPages"]
 
@@ -25,9 +25,6 @@ _COOKIE_LABEL = b"telemetry-hub status page v1"
 _BOOKMARK = (
     "Links with ?token= no longer sign you in: the token would end up in the browser's history and in logs. "
     "Type the token once below; this browser then stays signed in."
-)
-_TOKEN_HINT = (
-    "missing or wrong admin token: send 'Authorization: Bearer <admin token>' (the token is in <data_dir>/admin-token)"
 )
 
 
@@ -139,7 +136,7 @@ class StatusPages:
     async def status_json(self, request: web.Request) -> web.Response:
         """Every fact the page shows, for `telemetry-hub status` and scripts (same token rule as the page)."""
         if not self.allowed(request):
-            return sunbird_error(401, TOKEN_IN_URL if "token" in request.query else _TOKEN_HINT)
+            return token_refused(request)
         return json_response(200, await self.facts.facts(_here(request)), {"Cache-Control": "no-store"})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
