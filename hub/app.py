@@ -30,11 +30,13 @@ from .metrics import Metrics
 from .schema import SchemaChecker
 from .sdnotify import Notifier, Watchdog
 from .share import Importer
+from .signin import LoginCodes, SessionBook
 from .store import Store
 from .tls import TlsMaterial, load_or_create
 from .web.admin import AdminGate, Control
 from .web.device import DEVICE_PATHS, Ingest, KeyRing
 from .web.hosts import HostGuard
+from .web.https import HttpsOnly
 from .web.server import WebServer
 from .web.share import ShareHandlers
 from .web.status import StatusPages
@@ -145,26 +147,31 @@ class Hub:
         self.store = store = await _open_store(cfg)
         _make_private(self.data_dir)
         ingest = Ingest(store, cfg.limits, cfg.store, keys, cfg.server.client_timeout)
-        admin = AdminGate(self.admin_token)
+        sessions = SessionBook(self.data_dir / "sessions.json", self.admin_token, cfg.auth.session_days)
+        admin = AdminGate(self.admin_token, sessions, LoginCodes(cfg.auth.login_code_seconds))
         self.forwarder = forwarder = Forwarder(store, cfg.upstream, make_sink(cfg, self.hub_id))
         facts = StatusFacts(store, ingest.counters, forwarder, cfg, version=__version__, hub_id=self.hub_id)
         metrics = Metrics(store, ingest.counters, forwarder, version=__version__, hub_id=self.hub_id)
         # The parts do not hook themselves onto each other: the wiring is all here.
         forwarder.observers += [facts.on_batch, metrics.on_batch]
         store.on_group_commit(metrics.on_commit)
-        status = StatusPages(facts, metrics, admin, cookie_key=self.admin_token)
+        status = StatusPages(
+            facts, metrics, admin, token_place=secrets.admin_token_source(cfg), secure_cookies=cfg.tls.enabled
+        )
         share = ShareHandlers(
             Importer(store, cfg, schema=ingest.schema), cfg, admin=admin, db_path=store.path, hub_id=self.hub_id
         )
         control = Control(store, forwarder, admin)
         hosts = HostGuard(cfg.server.host_names, cfg.server.host)
+        https_only = HttpsOnly(cfg.tls.hsts_seconds)
         self.web = WebServer(
             cfg,
             [ingest.routes(), status.routes(), share.routes(), control.routes()],
-            middlewares=[hosts.middleware, ingest.cors],
+            middlewares=[hosts.middleware, https_only.middleware, ingest.cors],
         )
         await self.web.start(self.tls.context if self.tls is not None else None)
         self.port, self.tls_port = self.web.port, self.web.tls_port
+        https_only.tls_port = self.tls_port  # from now on people's paths are HTTPS only
         shown = cfg.server.host or "*"
         log.info(
             "telemetry-hub %s listening on http://%s:%d (data in %s)", __version__, shown, self.port, self.data_dir
@@ -176,6 +183,13 @@ class Hub:
                 self.tls.cert_path,
                 self.tls.fingerprint,
             )
+        code, _ = admin.codes.mint()
+        log.info(
+            "sign-in code for a phone: %s (works once, for %g minutes, in place of the admin token; "
+            "`telemetry-hub login-code` prints a new one)",
+            code,
+            cfg.auth.login_code_seconds / 60,
+        )
         await forwarder.start()
         self.scheduler = self._schedule(store, forwarder)
         self.scheduler.start()

@@ -61,6 +61,8 @@ class AuthConfig:
     device_keys_file: str = ""  # "" = devices need no key
     admin_token_file: str = ""  # "" = generated once into <data_dir>/admin-token
     status_page_requires_token: str = "auto"  # auto | yes | no
+    session_days: float = 30.0  # a status-page sign-in lasts this long (then the browser signs in again)
+    login_code_seconds: float = 600.0  # a short sign-in code (telemetry-hub login-code) works this long, once
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ class TlsConfig:
     port: int = 9443
     cert_file: str = ""  # "" = self-signed, generated into the data dir
     key_file: str = ""
+    # Strict-Transport-Security max-age on HTTPS answers (s); 0 = no HSTS header.
+    hsts_seconds: int = 31536000
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("server.log_level: use one of debug, info, warning, error")
     if cfg.auth.status_page_requires_token not in ("auto", "yes", "no"):
         raise ConfigError("auth.status_page_requires_token: use auto, yes or no")
+    if cfg.auth.session_days <= 0:
+        raise ConfigError("auth.session_days: must be more than 0 (fractions are fine: 0.5 = 12 hours)")
+    if not 10 <= cfg.auth.login_code_seconds <= 86400:
+        raise ConfigError("auth.login_code_seconds: must be from 10 to 86400 (a code should expire within a day)")
     if cfg.upstream.batch_events < 1:
         raise ConfigError("upstream.batch_events: must be at least 1")
     if cfg.limits.max_events_per_request < 1:

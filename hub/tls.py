@@ -20,7 +20,7 @@ from .config import TlsConfig
 from .errors import ConfigError
 from .secrets import write_private
 
-__all__ = ["TlsMaterial", "fingerprint_of", "load_or_create"]
+__all__ = ["TlsMaterial", "certificate_path", "fingerprint_of", "grouped", "load_or_create", "local_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,34 @@ def fingerprint_of(cert_pem: bytes) -> str:
     """SHA-256 over the certificate's DER bytes: what a client compares when it pins."""
     der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
     return hashlib.sha256(der).hexdigest()
+
+
+def grouped(fingerprint: str) -> str:
+    """A fingerprint as browsers show it (AB:CD:...), for comparing by eye."""
+    return ":".join(fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)).upper()
+
+
+def certificate_path(cfg: TlsConfig, data_dir: Path) -> Path:
+    """Where the hub's certificate is: tls.cert_file, else the self-signed one in the data directory."""
+    return Path(cfg.cert_file) if cfg.cert_file else data_dir / "tls" / "cert.pem"
+
+
+def local_fingerprint(cfg: TlsConfig, data_dir: Path) -> str:
+    """The SHA-256 fingerprint of the certificate the hub on this machine uses (read from its file, so it
+    does not depend on anything the LAN says); ConfigError in words when it cannot be read."""
+    path = certificate_path(cfg, data_dir)
+    try:
+        return fingerprint_of(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no certificate at {path} yet: the hub makes it on its first start with tls.enabled = true"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"cannot read the hub's certificate {path}: run this as the hub's user or with sudo"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the hub's certificate {path}: {exc}") from None
 
 
 def _self_signed(cert_path: Path, key_path: Path, name: str) -> None:

@@ -225,7 +225,7 @@ async def test_the_page_asks_for_the_token_when_configured(start_hub, http):
 
     # The login form: a wrong token is refused, the right one buys the cookie.
     async with http.post(hub.url + "/login", data={"token": "nope"}, allow_redirects=False) as r:
-        assert r.status == 401 and "not the admin token" in await r.text()
+        assert r.status == 401 and "neither the admin token nor a sign-in code" in await r.text()
         assert "Set-Cookie" not in r.headers
     async with http.post(hub.url + "/login", data={"token": token}, allow_redirects=False) as r:
         assert r.status == 303 and r.headers["Location"] == "/"
@@ -241,8 +241,10 @@ async def test_the_page_asks_for_the_token_when_configured(start_hub, http):
     # The cookie only lets a browser read: admin actions still need the token itself.
     async with http.post(hub.url + "/admin/sync", headers={"Cookie": f"hub_status={value}"}) as r:
         assert r.status == 401
-    async with http.post(hub.url + "/logout", allow_redirects=False) as r:
+    async with http.post(hub.url + "/logout", headers={"Cookie": f"hub_status={value}"}, allow_redirects=False) as r:
         assert r.status == 303 and 'hub_status=""' in r.headers["Set-Cookie"]
+    async with http.get(hub.url + "/", headers={"Cookie": f"hub_status={value}"}) as r:
+        assert r.status == 401  # logout ended the session on the hub, not only in this browser
 
 
 async def test_listening_on_every_address_needs_the_token_and_lists_the_lan_urls(start_hub, http):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.parse
@@ -25,13 +28,49 @@ _TRANSFER_TIMEOUT_S = 600.0
 
 
 def local_url(cfg: Config) -> str:
-    """The URL of the hub the local config describes."""
+    """The URL of the hub the local config describes (its HTTPS port when TLS is on: admin paths are
+    HTTPS only then; the CLI pins the certificate it reads from the hub's own files)."""
     host = cfg.server.host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
+    if cfg.tls.enabled:
+        return f"https://{host}:{cfg.tls.port}"
     return f"http://{host}:{cfg.server.port}"
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTPS to a hub whose certificate must have exactly this SHA-256 (no CA, no host name check)."""
+
+    def __init__(self, *args: Any, pin: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True) if isinstance(self.sock, ssl.SSLSocket) else None
+        if not der or hashlib.sha256(der).hexdigest() != self.pin:
+            self.sock.close()
+            raise OSError(
+                0, "its certificate is not this hub's (the fingerprint differs): something else answers there"
+            )
+
+
+class _PinnedHandler(urllib.request.HTTPSHandler):
+    def __init__(self, pin: str) -> None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the fingerprint is checked instead, in _PinnedConnection
+        super().__init__(context=ctx)
+        self.pin = pin
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(
+            lambda *a, **kw: _PinnedConnection(*a, pin=self.pin, **kw),
+            req,
+            context=self._context,  # type: ignore[attr-defined]  # HTTPSHandler keeps its context there
+        )
 
 
 def hub_url(url: str) -> str:
@@ -69,17 +108,20 @@ def _parse(raw: bytes) -> Any:
 class HubClient:
     """JSON over HTTP to one hub, with errors turned into sentences for branch IT."""
 
-    def __init__(self, url: str, token: str = "", timeout: float = 30.0, *, hint: str = "") -> None:
+    def __init__(self, url: str, token: str = "", timeout: float = 30.0, *, hint: str = "", pin: str = "") -> None:
         self.url = hub_url(url)
         self.token = token
         self.timeout = timeout
         self.hint = hint  # how this hub was found, said when it cannot be reached or refuses
+        # With `pin` (a certificate's SHA-256), HTTPS goes only to a hub with exactly that certificate.
+        self._opener = urllib.request.build_opener(_PinnedHandler(pin)) if pin else None
 
     def _open(self, req: urllib.request.Request, timeout: float | None) -> HTTPResponse:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            response: HTTPResponse = urllib.request.urlopen(req, timeout=timeout or self.timeout)
+            opened = self._opener.open if self._opener is not None else urllib.request.urlopen
+            response: HTTPResponse = opened(req, timeout=timeout or self.timeout)
             return response
         except urllib.error.HTTPError:
             raise

@@ -16,11 +16,14 @@ import argparse
 import logging
 import logging.config
 import os
+import urllib.parse
 from pathlib import Path
 
 from .. import secrets
 from ..config import Config, load
-from .client import HubClient, local_url
+from ..errors import ConfigError
+from ..tls import local_fingerprint
+from .client import HubClient, hub_url, local_url
 
 __all__ = ["client_for", "config_from", "locate", "remote_options", "setup_logging"]
 
@@ -130,7 +133,16 @@ def client_for(args: argparse.Namespace, cfg: Config | None = None) -> HubClient
             + f"found no admin token (looked in {secrets.admin_token_source(cfg)}): give --token or run as a user "
             "who can read it (sudo)"
         )
-    return HubClient(url or local_url(cfg), token, hint=hint)
+    pin = ""
+    target = hub_url(url or local_url(cfg))
+    host = urllib.parse.urlsplit(target).hostname or ""
+    if cfg.tls.enabled and target.startswith("https://") and (not url or host in ("localhost", "127.0.0.1", "::1")):
+        try:
+            pin = local_fingerprint(cfg.tls, cfg.data_dir)  # this machine's hub: check it is really that one
+        except ConfigError:
+            if not url:
+                raise
+    return HubClient(target, token, hint=hint, pin=pin)
 
 
 def remote_options(p: argparse.ArgumentParser) -> None:

@@ -90,6 +90,24 @@ def _cmd_dead_letter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_login_code(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    status, answer = client.request("POST", "/admin/login-code")
+    if status != 200 or not isinstance(answer, dict) or "code" not in answer:
+        print(f"no sign-in code ({status}): {_refusal(client, answer)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    minutes = float(answer["valid_s"]) / 60
+    print(f"sign-in code: {answer['code']}")
+    print(
+        f"Type it on the hub's sign-in page ({client.url}/) in place of the admin token. "
+        f"It works once, for {minutes:g} minutes."
+    )
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Add sync, status and dead-letter to the telemetry-hub command."""
     sync = sub.add_parser(
@@ -111,6 +129,16 @@ def add_commands(sub: Any) -> None:
     remote_options(status)
     status.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the hub's answer")
     status.set_defaults(func=_cmd_status)
+
+    code = sub.add_parser(
+        "login-code",
+        help="a short sign-in code for the status page on a phone",
+        description="Ask the running hub for a short sign-in code (10 letters and digits) that the status "
+        "page's sign-in form takes in place of the 48-character admin token, once, within "
+        "auth.login_code_seconds. Run it over SSH on the hub. Example: sudo telemetry-hub login-code",
+    )
+    remote_options(code)
+    code.set_defaults(func=_cmd_login_code)
 
     dead = sub.add_parser(
         "dead-letter",

@@ -9,12 +9,24 @@ import orjson
 from aiohttp import web
 
 from ..forward import Forwarder
+from ..signin import LoginCodes, Session, SessionBook
 from ..store import Store
 from .responses import json_response, sunbird_error
 
-__all__ = ["TOKEN_IN_URL", "AdminGate", "BadParameter", "Control", "query_number", "token_from", "token_refused"]
+__all__ = [
+    "COOKIE",
+    "TOKEN_IN_URL",
+    "AdminGate",
+    "BadParameter",
+    "Control",
+    "query_number",
+    "token_from",
+    "token_refused",
+]
 
 log = logging.getLogger(__name__)
+
+COOKIE = "hub_status"  # the status page's session cookie: a random id naming a server-side session
 
 
 # A token in a URL ends up in browser history, proxies' logs and screenshots: it is never accepted there.
@@ -62,11 +74,47 @@ def query_number(request: web.Request, name: str, default: float, low: float, hi
     return value
 
 
-class AdminGate:
-    """Constant-time check of the admin token; the token itself never appears in answers or logs."""
+def same_origin(request: web.Request) -> bool:
+    """Whether a browser's form post came from this hub's own pages: no Origin (an old browser; the CSRF token
+    still has to match), or an Origin naming exactly the scheme and host this request was sent to."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return origin.lower() == f"{'https' if request.secure else 'http'}://{request.host}".lower()
 
-    def __init__(self, token: str) -> None:
+
+class AdminGate:
+    """Who may act: the admin token (constant-time; never in answers or logs), or a signed-in browser's
+    session with its CSRF token from the hub's own page (a cookie alone never suffices)."""
+
+    def __init__(self, token: str, sessions: SessionBook | None = None, codes: LoginCodes | None = None) -> None:
         self._token = token.encode()
+        self.sessions = sessions if sessions is not None else SessionBook(None, token, 1.0)
+        self.codes = codes if codes is not None else LoginCodes(600.0)
+
+    def session(self, request: web.Request) -> Session | None:
+        """The live session this request's cookie names, if any."""
+        return self.sessions.find(request.cookies.get(COOKIE, ""))
+
+    def form_allows(self, request: web.Request, csrf: object) -> bool:
+        """A browser's form post by session: a live session, its CSRF token in the form, and our own Origin."""
+        session = self.session(request)
+        if session is None or not isinstance(csrf, str) or not csrf:
+            return False
+        if not hmac.compare_digest(session.csrf.encode(), csrf.encode()):
+            log.warning(
+                "form post to %s refused from %s: its CSRF token is not this session's", request.path, request.remote
+            )
+            return False
+        if not same_origin(request):
+            log.warning(
+                "form post to %s refused from %s: sent from another site (Origin %s)",
+                request.path,
+                request.remote,
+                request.headers.get("Origin", "")[:100],
+            )
+            return False
+        return True
 
     def allows(self, presented: str) -> bool:
         """Whether the presented token is the admin token."""
@@ -91,6 +139,7 @@ class Control:
             web.post("/admin/sync", self.sync),
             web.get("/admin/dead-letters", self.dead_letters),
             web.post("/admin/dead-letters/requeue", self.requeue),
+            web.post("/admin/login-code", self.login_code),
         ]
 
     def _denied(self, request: web.Request, form_token: str | None = None) -> web.Response | None:
@@ -103,7 +152,8 @@ class Control:
         """Deliver now and report the outcome; from the status page's button or `telemetry-hub sync`."""
         form = await request.post() if request.content_type.startswith(("multipart/", "application/x-www")) else {}
         token = form.get("token") if isinstance(form.get("token"), str) else None
-        denied = self._denied(request, token)  # type: ignore[arg-type]  # a str or None, checked above
+        by_session = bool(form) and self.admin.form_allows(request, form.get("csrf"))
+        denied = None if by_session else self._denied(request, token)  # type: ignore[arg-type]  # str or None
         if denied:
             if form and "text/html" in request.headers.get("Accept", ""):
                 raise web.HTTPSeeOther("/?synced=denied")  # the status page's form: say so on the page
@@ -155,3 +205,16 @@ class Control:
             return sunbird_error(400, 'send {"all": true} or {"mids": ["..."]}')
         log.info("re-queued %d dead letters for upstream", n)
         return json_response(200, {"requeued": n})
+
+    async def login_code(self, request: web.Request) -> web.Response:
+        """A new short sign-in code for a phone (`telemetry-hub login-code`); the admin token itself is needed."""
+        denied = self._denied(request)
+        if denied:
+            return denied
+        code, expires_at = self.admin.codes.mint()
+        log.info("a sign-in code was made for a phone (valid %g s, once)", self.admin.codes.seconds)
+        return json_response(
+            200,
+            {"code": code, "expires_at": expires_at, "valid_s": self.admin.codes.seconds},
+            {"Cache-Control": "no-store"},
+        )

@@ -129,28 +129,42 @@ def _response(status: int, text: str, csp: str) -> web.Response:
         headers={
             "Cache-Control": "no-store",
             "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
+            "Referrer-Policy": "same-origin",  # no-referrer would make a form post's Origin "null"
             "Content-Security-Policy": csp,
         },
     )
 
 
 def status_page(
-    facts: Mapping[str, Any], *, synced: str | None = None, can_import: bool = False, logged_in: bool = False
+    facts: Mapping[str, Any],
+    *,
+    synced: str | None = None,
+    can_import: bool = False,
+    logged_in: bool = False,
+    csrf: str = "",
 ) -> web.Response:
-    """The status page (200, auto-refreshing) from `Status.facts()`."""
+    """The status page (200, auto-refreshing) from `Status.facts()`; `csrf` is the session's form token."""
     context = status_body_context(facts, synced=synced, can_import=can_import, logged_in=logged_in)
-    return page(200, "status.html", "Status", refresh=True, **context)
+    return page(200, "status.html", "Status", refresh=True, csrf=csrf, **context)
 
 
-def login_page(status: int = 401, error: str | None = None) -> web.Response:
-    """The admin-token form that stands in for the status page until this browser logs in."""
-    return page(status, "login.html", "Log in", error=error)
+def login_page(
+    status: int = 401, error: str | None = None, *, token_place: str = "", code_minutes: float = 10
+) -> web.Response:
+    """The sign-in form (admin token or a short sign-in code) that stands in for the status page."""
+    return page(
+        status,
+        "login.html",
+        "Sign in",
+        error=error,
+        token_place=token_place or "the file admin-token in the hub's data directory",
+        code_minutes=f"{code_minutes:g}",
+    )
 
 
-def import_form_page() -> web.Response:
-    """The upload form for a phone's browser."""
-    return import_page(200, "import_form.html", "Import telemetry files")
+def import_form_page(csrf: str = "") -> web.Response:
+    """The upload form for a phone's browser; signed in (`csrf` given), it asks for no token."""
+    return import_page(200, "import_form.html", "Import telemetry files", csrf=csrf)
 
 
 class ImportReportLike(Protocol):

@@ -65,8 +65,9 @@ class ShareHandlers:
         ]
 
     async def form_page(self, request: web.Request) -> web.Response:
-        """The upload form for a phone's browser."""
-        return pages.import_form_page()
+        """The upload form for a phone's browser (signed in: no token field, the session's CSRF token instead)."""
+        session = self.admin.session(request)
+        return pages.import_form_page(session.csrf if session is not None else "")
 
     async def upload_page(self, request: web.Request) -> web.Response:
         """The form's target: the per-file reports as a page (JSON if the client asks only for JSON)."""
@@ -126,6 +127,14 @@ class ShareHandlers:
                         saved.append((await self._save(part, name), name))
                     else:
                         value = await _small_field(part, self._arrives)
+                        if part.name == "csrf" and not authorised:
+                            authorised = self.admin.form_allows(request, value)
+                            if not authorised:
+                                raise _Refused(
+                                    401,
+                                    "this form is from an old or ended sign-in: nothing was imported. Open the "
+                                    "import page again (sign in on the status page first)",
+                                )
                         if part.name == "token" and not authorised:
                             authorised = self.admin.allows(value.strip())
                             if not authorised:

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
 
 from aiohttp import web
 
 from ..facts import Here, StatusFacts, page_needs_token
 from ..metrics import Metrics
+from ..signin import Session
 from . import pages
-from .admin import AdminGate, token_from, token_refused
+from .admin import COOKIE, AdminGate, token_from, token_refused
 from .responses import json_response, see_other
 
 __all__ = ["StatusPages"]
 
 log = logging.getLogger(__name__)
 
-_COOKIE = "hub_status"
-_COOKIE_MAX_AGE_S = 180 * 86400  # a phone stays logged in for a school term or two
-_COOKIE_LABEL = b"telemetry-hub status page v1"
 _BOOKMARK = (
     "Links with ?token= no longer sign you in: the token would end up in the browser's history and in logs. "
-    "Type the token once below; this browser then stays signed in."
+    "Type the token (or a sign-in code) once below; this browser then stays signed in."
 )
 
 
@@ -46,15 +41,23 @@ def _has_route(request: web.Request, path: str) -> bool:
 class StatusPages:
     """The status paths; reading status needs the admin token or the login cookie unless on loopback."""
 
-    def __init__(self, facts: StatusFacts, metrics: Metrics, admin: AdminGate, *, cookie_key: str = "") -> None:
-        """`cookie_key` is what the login cookie is derived from: pass the admin token, so a new token
-        logs every browser out and a restart does not. Empty: a random key, so logins last one run."""
+    def __init__(
+        self,
+        facts: StatusFacts,
+        metrics: Metrics,
+        admin: AdminGate,
+        *,
+        token_place: str = "",
+        secure_cookies: bool = False,
+    ) -> None:
+        """`token_place` says where this hub's admin token is (the login page shows it); `secure_cookies`
+        (TLS on) marks the session cookie Secure even if some path let a login through over plain HTTP."""
         self.facts = facts
         self.metrics = metrics
         self.admin = admin
         self.needs_token = page_needs_token(facts.cfg)
-        key = cookie_key.encode() or secrets.token_bytes(32)
-        self._cookie = hmac.new(key, _COOKIE_LABEL, hashlib.sha256).hexdigest()
+        self.token_place = token_place or "the file admin-token in the hub's data directory"
+        self.secure_cookies = secure_cookies
 
     def routes(self) -> list[web.RouteDef]:
         """The status paths, for the composition root to mount."""
@@ -73,24 +76,15 @@ class StatusPages:
         presented = token_from(request)
         return bool(presented) and self.admin.allows(presented)
 
-    def _cookie_ok(self, request: web.Request) -> bool:
-        value = request.cookies.get(_COOKIE, "")
-        return bool(value) and hmac.compare_digest(value.encode(), self._cookie.encode())
+    def _session(self, request: web.Request) -> Session | None:
+        return self.admin.session(request)
 
     def allowed(self, request: web.Request) -> bool:
-        """Whether this request may read status: no token needed, or the token, or the login cookie."""
-        return not self.needs_token or self._presented_token_ok(request) or self._cookie_ok(request)
+        """Whether this request may read status: no token needed, or the token, or a live session."""
+        return not self.needs_token or self._presented_token_ok(request) or self._session(request) is not None
 
-    def _set_cookie(self, response: web.StreamResponse, request: web.Request) -> None:
-        response.set_cookie(
-            _COOKIE,
-            self._cookie,
-            max_age=_COOKIE_MAX_AGE_S,
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure or None,
-        )
+    def _login_page(self, status: int, error: str | None) -> web.Response:
+        return pages.login_page(status, error, token_place=self.token_place, code_minutes=self.admin.codes.seconds / 60)
 
     # ---- handlers --------------------------------------------------------------------------------------------
 
@@ -103,34 +97,57 @@ class StatusPages:
         """The status page for a phone or laptop browser (HTML, no external assets, no script needed)."""
         if not self.allowed(request):
             # A bookmark from before: say why the link no longer signs in, rather than fail silently.
-            return pages.login_page(401, _BOOKMARK if "token" in request.query else None)
+            return self._login_page(401, _BOOKMARK if "token" in request.query else None)
         facts = await self.facts.facts(_here(request))
         synced = request.query.get("synced")
-        response = pages.status_page(
+        session = self._session(request)
+        return pages.status_page(
             facts,
             synced=synced if synced in ("0", "1", "denied") else None,
             can_import=_has_route(request, "/import"),
-            logged_in=self._cookie_ok(request),
+            logged_in=session is not None,
+            csrf=session.csrf if session is not None else "",
         )
-        if self.needs_token and not self._cookie_ok(request):
-            self._set_cookie(response, request)  # came with the token in a header: keep it on this browser
-        return response
 
     async def login(self, request: web.Request) -> web.Response:
-        """The login form's target: the admin token buys an HttpOnly cookie that lets this browser read status."""
+        """The login form's target: the admin token, or a sign-in code, starts a new session for this browser."""
         form = await request.post()
-        token = form.get("token")
-        if not isinstance(token, str) or not self.admin.allows(token.strip()):
-            log.warning("status page login refused from %s: wrong admin token", request.remote)
-            return pages.login_page(401, "That is not the admin token. Try again.")
+        typed = form.get("token")
+        typed = typed.strip() if isinstance(typed, str) else ""
+        how = (
+            "admin token"
+            if typed and self.admin.allows(typed)
+            else "sign-in code"
+            if self.admin.codes.use(typed)
+            else ""
+        )
+        if not how:
+            log.warning(
+                "status page login refused from %s: not the admin token nor a live sign-in code", request.remote
+            )
+            return self._login_page(
+                401, "That is neither the admin token nor a sign-in code that still works. Try again."
+            )
+        sid, session = self.admin.sessions.create()
+        log.info("status page: signed in from %s with the %s", request.remote, how)
         response = see_other("/")
-        self._set_cookie(response, request)
+        response.set_cookie(
+            COOKIE,
+            sid,
+            max_age=max(1, int(session.expires_at - session.created_at)),
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=(request.secure or self.secure_cookies) or None,
+        )
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        """Forget the login cookie on this browser."""
+        """End this browser's session on the hub (the cookie no longer works anywhere) and forget the cookie."""
+        if self.admin.sessions.revoke(request.cookies.get(COOKIE, "")):
+            log.info("status page: signed out from %s", request.remote)
         response = see_other("/")
-        response.del_cookie(_COOKIE, path="/")
+        response.del_cookie(COOKIE, path="/")
         return response
 
     async def status_json(self, request: web.Request) -> web.Response:
