@@ -37,6 +37,7 @@ from .web.admin import AdminGate, Control
 from .web.device import DEVICE_PATHS, Ingest, KeyRing
 from .web.hosts import HostGuard
 from .web.https import HttpsOnly
+from .web.receipts import Receipts
 from .web.server import WebServer
 from .web.share import ShareHandlers
 from .web.status import StatusPages
@@ -166,7 +167,13 @@ class Hub:
         https_only = HttpsOnly(cfg.tls.hsts_seconds)
         self.web = WebServer(
             cfg,
-            [ingest.routes(), status.routes(), share.routes(), control.routes()],
+            [
+                ingest.routes(),
+                Receipts(store, cfg.limits, keys).routes(),
+                status.routes(),
+                share.routes(),
+                control.routes(),
+            ],
             middlewares=[hosts.middleware, https_only.middleware, ingest.cors],
         )
         await self.web.start(self.tls.context if self.tls is not None else None)

@@ -9,6 +9,7 @@ from .delivery import Batch, Taken
 from .export import EventCursor
 from .migrations import SCHEMA_VERSION
 from .queries import DeadLetter, DeviceSeen, LedgerEntry
+from .receipts import Receipt
 from .stats import AddResult, StoreStats
 from .writes import LedgerRow
 
@@ -21,6 +22,7 @@ __all__ = [
     "EventCursor",
     "LedgerEntry",
     "LedgerRow",
+    "Receipt",
     "Store",
     "StoreStats",
     "Taken",

@@ -130,6 +130,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE quarantine ADD COLUMN sha256 TEXT;
     UPDATE quarantine SET size = length(raw);
     """,
+    # v5: receipts look events up by mid in quarantine too (events and dead_letter have unique mids already).
+    """
+    CREATE INDEX quarantine_mid ON quarantine(mid) WHERE mid IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Migrations that copy every event once (a table rebuild): they need room on the disk first.

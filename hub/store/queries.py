@@ -12,6 +12,8 @@ from typing import Any
 
 import aiosqlite
 
+from .receipts import Receipt, lookup
+
 # "event 12 has no 'mid' string" and "event 3 has no 'mid' string" are one reason: the index is dropped.
 _QUARANTINE_REASON = (
     "CASE WHEN reason GLOB 'event [0-9]* *' "
@@ -159,6 +161,10 @@ class Queries:
             (limit,),
         )
         return [LedgerEntry(*r) for r in rows]
+
+    async def receipts(self, mids: Sequence[str]) -> Receipt:
+        """What became of each of these mids: delivered, waiting, quarantined, dead-lettered or unknown."""
+        return await lookup(self._conn(), mids)
 
     async def data_version(self, conn: aiosqlite.Connection) -> int:
         """SQLite's data_version on `conn`: it changes when another connection commits to the file."""

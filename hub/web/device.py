@@ -21,12 +21,15 @@ from ..store import Store
 from ..telemetry import check_events, split_envelope, success_body
 from .responses import answer_and_close, json_response, sunbird_error
 
-__all__ = ["DEVICE_PATHS", "Ingest", "IngestCounters", "KeyRing"]
+__all__ = ["DEVICE_PATHS", "RECEIPTS_PATH", "Ingest", "IngestCounters", "KeyRing"]
 
 log = logging.getLogger(__name__)
 
 # The paths real Sunbird clients post to: mobile/JS library, the service itself, portal and desktop.
 DEVICE_PATHS = ("/api/data/v1/telemetry", "/v1/telemetry", "/content/data/v1/telemetry", "/action/data/v3/telemetry")
+# Where a device asks what became of its events (web.receipts); CORS like the device paths.
+RECEIPTS_PATH = "/api/data/v1/telemetry/receipts"
+_CORS_PATHS = frozenset((*DEVICE_PATHS, RECEIPTS_PATH))
 
 _CORS_HEADERS = ", ".join(
     [
@@ -208,7 +211,7 @@ class Ingest:
     async def cors(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         """Add CORS headers to device answers (web players are often served from another origin)."""
         response = await handler(request)
-        if request.path in DEVICE_PATHS:
+        if request.path in _CORS_PATHS:
             response.headers.update(self._cors_headers(request))
         return response
 

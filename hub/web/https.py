@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .device import DEVICE_PATHS
+from .device import DEVICE_PATHS, RECEIPTS_PATH
 from .responses import answer_and_close, sunbird_error
 
 __all__ = ["HttpsOnly"]
 
-# Paths that stay on plain HTTP too: the device API and the health check.
-_PLAIN_OK = frozenset(DEVICE_PATHS) | {"/health"}
+# Paths that stay on plain HTTP too: the device API (receipts included) and the health check.
+_PLAIN_OK = frozenset(DEVICE_PATHS) | {RECEIPTS_PATH, "/health"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
