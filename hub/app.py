@@ -26,6 +26,7 @@ from .discovery import Advertiser, default_instance_name, local_urls, txt_proper
 from .errors import ConfigError, HubError
 from .facts import StatusFacts
 from .forward import Forwarder, make_sink
+from .heartbeat import Heartbeat
 from .metrics import Metrics
 from .schema import SchemaChecker
 from .sdnotify import Notifier, Watchdog
@@ -127,6 +128,7 @@ class Hub:
         self.hub_id = ""
         self.admin_token = ""
         self.keys: KeyRing | None = None
+        self.heartbeat: Heartbeat | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
@@ -198,6 +200,10 @@ class Hub:
             cfg.auth.login_code_seconds / 60,
         )
         await forwarder.start()
+        self.heartbeat = Heartbeat(
+            store, facts, hub_id=self.hub_id, version=__version__, channel=cfg.upstream.channel_id
+        )
+        await self.heartbeat.start()
         self.scheduler = self._schedule(store, forwarder)
         self.scheduler.start()
         await self._advertise(keys.required)
@@ -246,6 +252,15 @@ class Hub:
             )
             for window, (start, _) in zip(up.upload_windows, up.windows, strict=True):
                 sched.add_job(forwarder.wake, "cron", hour=start // 60, minute=start % 60, id=f"window-{window}")
+        if up.heartbeat_interval > 0 and self.heartbeat is not None:  # the first one an interval after start
+            sched.add_job(
+                self.heartbeat.beat,
+                "interval",
+                seconds=up.heartbeat_interval,
+                id="heartbeat",
+                max_instances=1,
+                coalesce=True,
+            )
         retention_s = self.cfg.store.retention_days * 86400
         # Hourly for the default week; a short retention is applied in step with itself.
         every = min(3600.0, max(10.0, retention_s / 4))

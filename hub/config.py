@@ -110,6 +110,7 @@ class UpstreamConfig:
     probe_interval: float = 30.0
     daily_byte_budget: int = 0  # 0 = unlimited
     upload_windows: tuple[str, ...] = ()  # e.g. ("22:00-06:00",); empty = any time
+    heartbeat_interval: float = 900.0  # seconds between the hub's own LOG events about its health; 0 = none
 
     @functools.cached_property
     def windows(self) -> list[tuple[int, int]]:

@@ -127,6 +127,17 @@ class Queries:
         """Devices ever seen."""
         return await self._int("SELECT count(*) FROM devices")
 
+    async def devices_seen_since(self, since_ms: int) -> int:
+        """Devices whose last sync was at or after since_ms (epoch ms)."""
+        return await self._int("SELECT count(*) FROM devices WHERE last_seen >= ?", (since_ms,))
+
+    async def newest_channel(self) -> str:
+        """The context.channel of the newest stored event that has one ("" if none): the branch's channel."""
+        rows = await self._rows(
+            "SELECT channel FROM events WHERE channel IS NOT NULL AND channel != '' ORDER BY seq DESC LIMIT 1"
+        )
+        return str(rows[0][0]) if rows else ""
+
     async def top_reasons(self, kind: str, limit: int) -> list[tuple[str, int]]:
         """The commonest reasons events were quarantined (kind "quarantine") or refused ("dead_letter")."""
         if kind == "quarantine":
