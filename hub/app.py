@@ -36,6 +36,7 @@ from .store import Store
 from .tls import TlsMaterial, load_or_create
 from .web.admin import AdminGate, Control
 from .web.device import DEVICE_PATHS, Ingest, KeyRing
+from .web.device_story import DeviceStories
 from .web.hosts import HostGuard
 from .web.https import HttpsOnly
 from .web.receipts import Receipts
@@ -173,6 +174,7 @@ class Hub:
                 ingest.routes(),
                 Receipts(store, cfg.limits, keys).routes(),
                 status.routes(),
+                DeviceStories(store, status).routes(),
                 share.routes(),
                 control.routes(),
             ],

@@ -9,7 +9,7 @@ import sys
 
 from .. import __version__
 from ..errors import ConfigError, HubError
-from . import discover, remote, share
+from . import device, discover, remote, share
 from .common import config_from, setup_logging
 
 __all__ = ["main"]
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     remote.add_commands(sub)
+    device.add_commands(sub)
     discover.add_commands(sub)
     share.add_commands(sub)
     return p

@@ -6,6 +6,7 @@ methods (add, take_batch, named queries) and the EventCursor for export.
 
 from .core import Store
 from .delivery import Batch, Taken
+from .devices import DeviceStory
 from .export import EventCursor
 from .migrations import SCHEMA_VERSION
 from .queries import DeadLetter, DeviceSeen, LedgerEntry
@@ -19,6 +20,7 @@ __all__ = [
     "Batch",
     "DeadLetter",
     "DeviceSeen",
+    "DeviceStory",
     "EventCursor",
     "LedgerEntry",
     "LedgerRow",

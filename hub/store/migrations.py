@@ -134,6 +134,14 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX quarantine_mid ON quarantine(mid) WHERE mid IS NOT NULL;
     """,
+    # v6: one device's story. Requests and duplicates per device (counted from now on), and the indexes that
+    # find one device's events and quarantine without scanning the store.
+    """
+    ALTER TABLE devices ADD COLUMN requests INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN duplicates INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX events_did ON events(did, received_at) WHERE did IS NOT NULL;
+    CREATE INDEX quarantine_did ON quarantine(did) WHERE did IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Migrations that copy every event once (a table rebuild): they need room on the disk first.

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiosqlite
 
+from . import devices
 from .receipts import Receipt, lookup
 
 # "event 12 has no 'mid' string" and "event 3 has no 'mid' string" are one reason: the index is dropped.
@@ -176,6 +177,14 @@ class Queries:
     async def receipts(self, mids: Sequence[str]) -> Receipt:
         """What became of each of these mids: delivered, waiting, quarantined, dead-lettered or unknown."""
         return await lookup(self._conn(), mids)
+
+    async def device_story(self, did: str, days: int, now_ms: int) -> devices.DeviceStory | None:
+        """One device's story (see store.devices), or None if no event of it was ever stored."""
+        return await devices.story(self._conn(), did, days, now_ms)
+
+    async def find_devices(self, prefix: str, limit: int) -> list[tuple[str, int]]:
+        """(did, last seen ms) of devices whose id starts with `prefix`, most recent first."""
+        return await devices.find(self._conn(), prefix, limit)
 
     async def data_version(self, conn: aiosqlite.Connection) -> int:
         """SQLite's data_version on `conn`: it changes when another connection commits to the file."""

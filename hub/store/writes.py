@@ -129,6 +129,11 @@ def apply_group(conn: sqlite3.Connection, plan: list[RequestPlan], devices: dict
                 " ON CONFLICT(did) DO UPDATE SET last_seen = excluded.last_seen, events = events + excluded.events",
                 [(did, now_ms, now_ms, n) for did, n in devices.items()],
             )
+        per_device = _per_device(plan, news)
+        if per_device:
+            conn.executemany(
+                "UPDATE devices SET requests = requests + ?, duplicates = duplicates + ? WHERE did = ?", per_device
+            )
         total_new = sum(news)
         total = sum(len(rows) + len(q) for rows, _, q, _ in plan)
         duplicates = sum(len(rows) for rows, _, _, _ in plan) - total_new
@@ -143,6 +148,20 @@ def apply_group(conn: sqlite3.Connection, plan: list[RequestPlan], devices: dict
             except sqlite3.Error:
                 pass
         raise
+
+
+def _per_device(plan: list[RequestPlan], news: list[int]) -> list[tuple[int, int, str]]:
+    """(requests, duplicates, did) per device of a group: a request counts for each device in it; its
+    duplicates only when it came from one device (what the ingest answer can attribute)."""
+    out: dict[str, list[int]] = {}
+    for (rows, _, _, _), new in zip(plan, news, strict=True):
+        dids = {row[1] for row in rows if row[1]}
+        for did in dids:
+            counts = out.setdefault(did, [0, 0])
+            counts[0] += 1
+            if len(dids) == 1:
+                counts[1] += len(rows) - new
+    return [(r, d, did) for did, (r, d) in out.items()]
 
 
 def add_counters(conn: sqlite3.Connection, counters: Mapping[str, int]) -> None:
