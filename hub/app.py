@@ -20,7 +20,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from . import __version__, secrets
+from . import __version__, identity, secrets
 from .config import Config
 from .discovery import Advertiser, default_instance_name, local_urls, txt_properties
 from .errors import ConfigError, HubError
@@ -137,6 +137,11 @@ class Hub:
         cfg = self.cfg
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            identity.bind_to_machine(  # a copied card gets its own id, token and certificate here
+                self.data_dir,
+                tls_in_data_dir=not cfg.tls.cert_file,
+                token_in_data_dir=not cfg.auth.admin_token_file and not os.environ.get(secrets.ADMIN_TOKEN_ENV),
+            )
             self.hub_id = secrets.hub_id(self.data_dir)
             self.admin_token = secrets.admin_token(cfg, create=True)
             keys_file = Path(cfg.auth.device_keys_file) if cfg.auth.device_keys_file else None
