@@ -18,6 +18,7 @@ from .discovery import local_urls
 from .forward import Forwarder, Outcome
 from .health import HEALTH_MARGIN_BYTES, STATE_TEXT, HealthInputs, Problem, assess, state_of
 from .store import Store
+from .telemetry import refusal_words
 from .words import LINK_TEXT
 
 __all__ = ["Here", "StatusFacts", "is_loopback", "page_needs_token"]
@@ -247,7 +248,13 @@ class StatusFacts:
 
     async def _top_reasons(self, kind: str) -> list[dict[str, Any]]:
         rows = await self.store.read.top_reasons(kind, _TOP_REASONS)
-        return [{"reason": reason, "count": n} for reason, n in rows]
+        if kind != "dead_letter":
+            return [{"reason": reason, "count": n} for reason, n in rows]
+        merged: dict[str, int] = {}
+        for reason, n in rows:  # upstream's raw answers differ (ids, times); their words may not
+            words = refusal_words(reason)
+            merged[words] = merged.get(words, 0) + n
+        return [{"reason": r, "count": n} for r, n in sorted(merged.items(), key=lambda kv: -kv[1])]
 
     async def _device_urls(self, here: Here | None) -> tuple[list[str], str | None]:
         """The telemetry URL devices should use, one per address devices can reach, and a caveat."""

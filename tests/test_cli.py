@@ -90,6 +90,9 @@ def test_the_cli_speaks_in_words(system_hub, tmp_path: Path) -> None:
     assert r.returncode == 2 and "dead-letter list" in r.stderr and "required" not in r.stderr
     r = cli("dead-letter", "requeue", "nosuch-mid", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "re-queued 0 events" in r.stdout and "not a dead letter" in r.stderr
+    assert "nosuch-mid" in r.stderr, r.stderr  # says which
+    r = cli("dead-letter", "list", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("0 dead letters"), (r.stdout, r.stderr)
     out = tmp_path / "backlog.zip"
     out.write_bytes(b"keep me")
     r = cli("export", "--out", str(out), "--all", cwd=tmp_path, env=env)

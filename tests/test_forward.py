@@ -199,6 +199,9 @@ async def test_400_isolates_the_refused_events_in_dead_letter(start_hub, http, u
     async with http.get(hub.url + "/admin/dead-letters", headers={"Authorization": f"Bearer {token}"}) as r:
         listed = await r.json()
         assert listed["total"] == 3 and {i["mid"] for i in listed["items"]} == bad
+    for item in listed["items"]:  # upstream's errmsg in words; its raw answer kept beside it
+        assert item["reason"].startswith("upstream answered 400: ") and "{" not in item["reason"], item
+        assert '"errmsg"' in item["raw_reason"] and item["mid"] in item["reason"]
     async with http.post(
         hub.url + "/admin/dead-letters/requeue", json={"all": True}, headers={"Authorization": f"Bearer {token}"}
     ) as r:

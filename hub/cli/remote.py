@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..words import LINK_TEXT
+from ..words import LINK_TEXT, printable
 from .client import error_text
 from .common import client_for, remote_options
 from .text import format_text
@@ -68,15 +68,17 @@ def _cmd_dead_letter(args: argparse.Namespace) -> int:
         return 1
     if args.action == "requeue":
         n = int(answer["requeued"])
-        missing = 0 if args.all else len(set(args.mids)) - n
+        missing = [str(m) for m in answer.get("missing", [])]
         if args.json:
             print(json.dumps(answer, indent=2))
         else:
             print(f"re-queued {n} event{'s' if n != 1 else ''} for upstream")
-        if missing > 0:
+        if missing:
+            shown = ", ".join(printable(m) for m in missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
             print(
-                f"{missing} of the mids given {'are' if missing != 1 else 'is'} not a dead letter "
-                "(already re-queued, or mistyped): see `telemetry-hub dead-letter list`",
+                f"not a dead letter (already re-queued, or mistyped): {shown}; see `telemetry-hub dead-letter list`",
                 file=sys.stderr,
             )
             return 1
@@ -84,9 +86,10 @@ def _cmd_dead_letter(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
-    print(f"{answer['total']} dead letters (events upstream refused); newest first:")
+    total = int(answer["total"])
+    print(f"{total} dead letter{'s' if total != 1 else ''} (events upstream refused); newest first:")
     for item in answer["items"]:
-        print(f"  {item['mid']}  {item['eid']}  {item['reason']}")
+        print(f"  {printable(item['mid'])}  {printable(item['eid'])}  {printable(item['reason'])}")
     return 0
 
 

@@ -34,7 +34,7 @@ def format_text(facts: Mapping[str, Any], url: str = "") -> str:
     lines.append(
         (
             "Received",
-            f"{thousands(ev['received'])} events in all ({thousands(ev['duplicates'])} duplicates, "
+            f"{thousands(ev['received'])} events in all ({thousands(ev['duplicates'])} duplicate{'s' if ev['duplicates'] != 1 else ''}, "
             f"{thousands(ev['quarantined'])} quarantined)",
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -102,6 +103,20 @@ def header_safe(value: str | None) -> bool:
         and value.isprintable()
         and value == value.strip()
     )
+
+
+def network_words(exc: BaseException) -> str:
+    """A network failure in words ("connection refused"), never an errno tuple or a Python class name."""
+    os_error = getattr(exc, "os_error", None) or exc
+    number = getattr(os_error, "errno", None)
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number).lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut off"
+    text = str(exc).strip()
+    return text if text and "Errno" not in text else "the connection broke"
 
 
 def answer_says(text: str) -> str | None:
@@ -284,9 +299,9 @@ class SunbirdHttpSink:
         except TimeoutError:
             return Outcome("network", None, f"no answer within {self.cfg.timeout:g} s (upstream.timeout)"), len(body)
         except aiohttp.ClientConnectorError as exc:
-            return Outcome("network", None, f"cannot connect: {exc.os_error or exc}"), 0
+            return Outcome("network", None, f"cannot connect to {exc.host}:{exc.port}: {network_words(exc)}"), 0
         except (aiohttp.ClientError, OSError) as exc:
-            return Outcome("network", None, f"connection failed: {type(exc).__name__}: {exc}"), len(body)
+            return Outcome("network", None, f"connection failed: {network_words(exc)}"), len(body)
         except asyncio.CancelledError:
             raise
         except (ValueError, TypeError, UnicodeError, LookupError) as exc:

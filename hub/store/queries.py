@@ -158,6 +158,18 @@ class Queries:
         )
         return [DeadLetter(str(m), str(e), d, str(r), int(f)) for m, e, d, r, f in rows]
 
+    async def dead_letter_mids(self, mids: Sequence[str]) -> set[str]:
+        """Which of these mids are dead letters now."""
+        found: set[str] = set()
+        unique = sorted(set(mids))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                str(m) for (m,) in await self._rows(f"SELECT mid FROM dead_letter WHERE mid IN ({marks})", part)
+            )
+        return found
+
     async def find_import(self, sha256: str) -> LedgerEntry | None:
         """The ledger row of a file with this content, if it was imported before."""
         rows = await self._rows(

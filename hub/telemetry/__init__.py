@@ -6,7 +6,7 @@ built. events: check_events. answers: success and error bodies.
 
 from __future__ import annotations
 
-from .answers import error_body, success_body
+from .answers import error_body, refusal_words, success_body
 from .envelope import batch_envelope, split_array, split_envelope
 from .events import check_events, sqlite_text
 from .model import Checked, Event, Quarantined
@@ -23,6 +23,7 @@ __all__ = [
     "batch_envelope",
     "check_events",
     "error_body",
+    "refusal_words",
     "split_array",
     "split_envelope",
     "sqlite_text",

@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 _second: list[Any] = [None, ""]  # the last whole second formatted, reused: every answer carries a ts
 
 
@@ -64,3 +66,40 @@ def error_body(status: int, errmsg: str, msgid: Any = None) -> dict[str, Any]:
     """The Sunbird error envelope; `errmsg` says what is wrong in words branch IT can act on."""
     err, code = _ERR.get(status, ("ERR_INTERNAL_SERVER_ERROR", "INTERNAL_SERVER_ERROR"))
     return _envelope(msgid, "failed", err, errmsg, code, {})
+
+
+def _message_of(doc: Any) -> str | None:
+    """The words in a Sunbird (or gateway) error answer: params.errmsg, else params.err, else message/error."""
+    if not isinstance(doc, dict):
+        return None
+    params = doc.get("params")
+    if isinstance(params, dict):
+        for key in ("errmsg", "err"):
+            value = params.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    for key in ("errmsg", "message", "error"):
+        value = doc.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def refusal_words(reason: str) -> str:
+    """A dead letter's stored reason in words: "upstream answered 400: <its errmsg>", not its raw JSON.
+
+    The stored reason keeps upstream's answer as it came (shown whole by `dead-letter list --json`);
+    this finds the JSON in it and keeps only the message a person reads.
+    """
+    start = reason.find("{")
+    if start < 0:
+        return reason
+    try:
+        doc = orjson.loads(reason[start:])
+    except orjson.JSONDecodeError:
+        return reason
+    message = _message_of(doc)
+    if message is None:
+        return reason
+    head = reason[:start].rstrip()
+    return f"{head} {message}" if head else message

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..forward import Forwarder
 from ..signin import LoginCodes, Session, SessionBook
 from ..store import Store
+from ..telemetry import refusal_words
 from .responses import json_response, sunbird_error
 
 __all__ = [
@@ -184,7 +185,17 @@ class Control:
             return sunbird_error(400, str(exc))
         rows = await self.store.read.dead_letters(limit)
         total = await self.store.read.dead_letter_count()
-        items = [{"mid": d.mid, "eid": d.eid, "did": d.did, "reason": d.reason, "failed_at": d.failed_at} for d in rows]
+        items = [
+            {
+                "mid": d.mid,
+                "eid": d.eid,
+                "did": d.did,
+                "reason": refusal_words(d.reason),
+                "raw_reason": d.reason,
+                "failed_at": d.failed_at,
+            }
+            for d in rows
+        ]
         return json_response(200, {"total": total, "items": items})
 
     async def requeue(self, request: web.Request) -> web.Response:
@@ -200,11 +211,13 @@ class Control:
         if isinstance(doc, dict) and doc.get("all") is True:
             n = await self.store.requeue_dead(None)
         elif isinstance(mids, list) and mids and all(isinstance(m, str) for m in mids):
+            known = await self.store.read.dead_letter_mids(mids)
             n = await self.store.requeue_dead(mids)
+            missing = sorted(set(mids) - known)
         else:
             return sunbird_error(400, 'send {"all": true} or {"mids": ["..."]}')
         log.info("re-queued %d dead letters for upstream", n)
-        return json_response(200, {"requeued": n})
+        return json_response(200, {"requeued": n} if doc.get("all") is True else {"requeued": n, "missing": missing})
 
     async def login_code(self, request: web.Request) -> web.Response:
         """A new short sign-in code for a phone (`telemetry-hub login-code`); the admin token itself is needed."""

@@ -369,7 +369,7 @@ def status_body_context(
             free=size_text(st["free_bytes"]),
             min_free=size_text(st["min_free_bytes"]),
             received=thousands(ev["received"]),
-            duplicates=thousands(ev["duplicates"]),
+            duplicates=f"{thousands(ev['duplicates'])} duplicate{'s' if ev['duplicates'] != 1 else ''}",
             accepting=bool(st["accepting"]),
         ),
         "devices": [
