@@ -21,6 +21,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import __version__, identity, secrets
+from .clock import ClockCheck
 from .config import Config
 from .discovery import Advertiser, default_instance_name, local_urls, txt_properties
 from .errors import ConfigError, HubError
@@ -155,12 +156,17 @@ class Hub:
             self.tls = load_or_create(cfg.tls, self.data_dir, cfg.server.branch_name)
         self.store = store = await _open_store(cfg)
         _make_private(self.data_dir)
-        ingest = Ingest(store, cfg.limits, cfg.store, keys, cfg.server.client_timeout)
+        clock = ClockCheck(cfg.server.clock_trust)
+        ingest = Ingest(store, cfg.limits, cfg.store, keys, cfg.server.client_timeout, tells_time=clock.tells_time)
         sessions = SessionBook(self.data_dir / "sessions.json", self.admin_token, cfg.auth.session_days)
         admin = AdminGate(self.admin_token, sessions, LoginCodes(cfg.auth.login_code_seconds))
         self.forwarder = forwarder = Forwarder(store, cfg.upstream, make_sink(cfg, self.hub_id))
-        facts = StatusFacts(store, ingest.counters, forwarder, cfg, version=__version__, hub_id=self.hub_id)
-        metrics = Metrics(store, ingest.counters, forwarder, version=__version__, hub_id=self.hub_id)
+        facts = StatusFacts(
+            store, ingest.counters, forwarder, cfg, version=__version__, hub_id=self.hub_id, clock=clock
+        )
+        metrics = Metrics(
+            store, ingest.counters, forwarder, version=__version__, hub_id=self.hub_id, state=facts.state, clock=clock
+        )
         # The parts do not hook themselves onto each other: the wiring is all here.
         forwarder.observers += [facts.on_batch, metrics.on_batch]
         store.on_group_commit(metrics.on_commit)

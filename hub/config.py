@@ -52,6 +52,9 @@ class ServerConfig:
     # Extra names the status page and admin paths answer to (a DNS name pointing at the hub); its own
     # addresses, host name, <host name>.local and localhost always work. Device paths answer to any name.
     host_names: tuple[str, ...] = ()
+    # Whether device answers carry the hub's time (ets), which the mobile app sets its clock by:
+    # kernel = only while the kernel says the clock is NTP-synchronised; always; never.
+    clock_trust: str = "kernel"
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"server.port: {cfg.server.port} is not a TCP port (1-65535)")
     if cfg.server.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("server.log_level: use one of debug, info, warning, error")
+    if cfg.server.clock_trust not in ("kernel", "always", "never"):
+        raise ConfigError("server.clock_trust: use kernel, always or never")
     if cfg.auth.status_page_requires_token not in ("auto", "yes", "no"):
         raise ConfigError("auth.status_page_requires_token: use auto, yes or no")
     if cfg.auth.session_days <= 0:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from .clock import ClockCheck
 from .config import SUNBIRD_PATH, Config
 from .discovery import local_urls
 from .forward import Forwarder, Outcome
@@ -74,8 +75,17 @@ class StatusFacts:
     """Answers 'is the hub healthy, and why not' from the store's live figures and the forwarder's state."""
 
     def __init__(
-        self, store: Store, counts: RequestCounts, forwarder: Forwarder, cfg: Config, *, version: str, hub_id: str
+        self,
+        store: Store,
+        counts: RequestCounts,
+        forwarder: Forwarder,
+        cfg: Config,
+        *,
+        version: str,
+        hub_id: str,
+        clock: ClockCheck | None = None,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.counts = counts
         self.forwarder = forwarder
@@ -115,8 +125,13 @@ class StatusFacts:
             store_error=None if writable else s.unavailable,
             oldest_waiting_at=s.oldest_waiting_at,
             oldest_waiting_since=s.oldest_waiting_since,
+            clock_synchronised=self.clock.state().synchronised if self.clock is not None else None,
         )
         return assess(inputs, self.cfg.health, time.time() if now is None else now)
+
+    async def state(self) -> str:
+        """ok | attention | failing, by the same rules as the status page (for the state metric)."""
+        return state_of(self.assess(await self.store.writable()))
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the /health body): healthy while the store takes writes and has room."""
@@ -145,6 +160,7 @@ class StatusFacts:
             "last_success_at": st.last_success_at,
             "last_error": st.last_error,
             "oldest_waiting_age_s": _rounded(s.oldest_waiting_age(time.time())),
+            "clock": self._clock(),
         }
 
     async def facts(self, here: Here | None = None) -> dict[str, Any]:
@@ -244,7 +260,11 @@ class StatusFacts:
             },
             "device_urls": urls,
             "device_urls_note": url_note,
+            "clock": self._clock(),
         }
+
+    def _clock(self) -> dict[str, Any]:
+        return dict(self.clock.facts()) if self.clock is not None else {"synchronised": None, "ets_in_answers": True}
 
     async def _top_reasons(self, kind: str) -> list[dict[str, Any]]:
         rows = await self.store.read.top_reasons(kind, _TOP_REASONS)

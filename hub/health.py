@@ -55,6 +55,7 @@ class HealthInputs:
     store_error: str | None = None  # why commits fail right now (StoreStats.unavailable), in words
     oldest_waiting_at: float | None = None  # when the oldest event waiting for upstream was received
     oldest_waiting_since: float | None = None  # since when that event has been the oldest waiting
+    clock_synchronised: bool | None = None  # the kernel's word on the clock (hub.clock); None: not known
 
 
 def _answer(error: str | None) -> str:
@@ -188,6 +189,16 @@ def assess(i: HealthInputs, cfg: HealthConfig, now: float) -> list[Problem]:
     for found in (_space(i, cfg), _upstream(i, cfg, now), _stalled(i, cfg, now), _dead_letters(i, cfg)):
         if found is not None:
             out.append(found)
+    if i.clock_synchronised is False:
+        out.append(
+            Problem(
+                "note",
+                "clock-unsynchronised",
+                "The hub's clock is not synchronised (no NTP server reached yet; a Pi has no real-time clock), so "
+                "it does not tell devices its time. Upload windows and times shown here follow this clock. "
+                "Check `timedatectl` and that the network lets NTP through.",
+            )
+        )
     if i.upstream_configured and i.waiting_for and i.backlog and i.link != "auth-failed":
         out.append(Problem("note", "waiting", f"Upload is waiting for {i.waiting_for}."))
     return sorted(out, key=lambda p: _ORDER[p.severity])

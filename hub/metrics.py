@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +19,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from .clock import ClockCheck
 from .facts import RequestCounts
 from .forward import Forwarder, Outcome
 from .store import Store
 
-__all__ = ["LINK_STATES", "Metrics"]
+__all__ = ["LINK_STATES", "STATE_VALUES", "Metrics"]
+
+# health.state_of's states as one number, so one alert rule (>= 1, >= 2) covers every cause.
+STATE_VALUES = {"ok": 0, "attention": 1, "failing": 2}
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class _Snapshot:
 
     counters: dict[str, int] = field(default_factory=dict)
     devices: int = 0
+    state: str = "ok"
 
 
 class _LiveCollector(Collector):
@@ -73,6 +78,18 @@ class _LiveCollector(Collector):
                 family.add_metric([str(key)], n)
             return family
 
+        yield gauge(
+            "state",
+            "The hub's state as the status page says it: 0 ok, 1 needs attention, 2 failing (new telemetry refused)",
+            STATE_VALUES.get(snap.state, 2),
+        )
+        synced = m.clock.state().synchronised if m.clock is not None else None
+        if synced is not None:
+            yield gauge(
+                "clock_synchronised",
+                "1 when the kernel says the clock is NTP-synchronised, 0 when not (device answers then carry no ets)",
+                1 if synced else 0,
+            )
         yield counter(
             "events_received",
             "Events devices and imports sent (new, duplicate and quarantined)",
@@ -127,8 +144,20 @@ class _LiveCollector(Collector):
 class Metrics:
     """The hub's Prometheus metrics in a private registry (several hubs may share one process)."""
 
-    def __init__(self, store: Store, counts: RequestCounts, forwarder: Forwarder, *, version: str, hub_id: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        counts: RequestCounts,
+        forwarder: Forwarder,
+        *,
+        version: str,
+        hub_id: str,
+        state: Callable[[], Awaitable[str]] | None = None,
+        clock: ClockCheck | None = None,
+    ) -> None:
+        self.clock = clock
         self.store = store
+        self.state = state  # the hub's state (ok | attention | failing), asked at each scrape
         self.counts = counts
         self.forwarder = forwarder
         self.version = version
@@ -176,7 +205,8 @@ class Metrics:
     async def refresh(self) -> None:
         """Read the figures only the database holds (persistent counters, device count)."""
         started = time.monotonic()
-        self.snapshot = _Snapshot(await self.store.read.counters(), await self.store.read.device_count())
+        state = await self.state() if self.state is not None else "ok"
+        self.snapshot = _Snapshot(await self.store.read.counters(), await self.store.read.device_count(), state)
         log.debug("metrics: read the store's figures in %.1f ms", (time.monotonic() - started) * 1000)
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:

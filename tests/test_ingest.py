@@ -30,8 +30,22 @@ def assert_sunbird_error(body, status_err: str, fragment: str) -> None:
     assert isinstance(body["ets"], int) and body["id"] == "api.telemetry"
 
 
+async def test_the_hub_tells_devices_its_time_only_when_its_clock_is_good(start_hub, http):
+    """The mobile app sets its clock from a 200's ets; an unsynchronised hub must not shift it (docs/monitoring.md)."""
+    from hub.clock import read_kernel_clock
+
+    for trust, expect in (("never", False), ("always", True), ("kernel", read_kernel_clock().synchronised is True)):
+        hub = await start_hub(server={"clock_trust": trust})
+        status, answer, _ = await post(http, hub, *mobile_request(make_events(2), did="phone-1"))
+        assert status == 200 and answer["params"]["status"] == "successful", answer
+        assert ("ets" in answer) is expect, (trust, answer)
+        async with http.get(hub.url + "/health") as r:
+            clock = (await r.json(content_type=None))["clock"]
+        assert clock["ets_in_answers"] is expect and clock["trust"] == trust
+
+
 async def test_mobile_gzip_batch_of_200_is_stored_verbatim(start_hub, http):
-    hub = await start_hub()
+    hub = await start_hub(server={"clock_trust": "always"})  # ets whatever this machine's clock says
     events = make_events(200)
     body, headers = mobile_request(events, did="phone-7")
     status, answer, _ = await post(http, hub, body, headers)

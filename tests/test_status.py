@@ -170,6 +170,10 @@ async def test_metrics_parse_and_match_the_store(start_hub, http, upstream):
         v("telemetry_hub_upstream_link", state="auth-failed") == 1 and v("telemetry_hub_upstream_link", state="up") == 0
     )
     assert v("telemetry_hub_upstream_errors_total", kind="auth") >= 1
+    # One state gauge for alerting, the status page's own verdict: a rejected key needs attention (1).
+    async with http.get(hub.url + "/status.json") as r:
+        page_state = (await r.json())["state"]
+    assert page_state == "attention" and v("telemetry_hub_state") == 1
     assert v("telemetry_hub_upstream_errors_total", kind="bad-request") >= 1
     # Histograms fed by the hooks: every upstream request and every commit observed once.
     ok = v("telemetry_hub_upstream_batch_seconds_count", outcome="ok")

@@ -22,15 +22,15 @@ def _now() -> tuple[str, int]:
 
 
 def _envelope(
-    msgid: Any, status: str, err: str | None, errmsg: str | None, code: str, result: dict[str, Any]
+    msgid: Any, status: str, err: str | None, errmsg: str | None, code: str, result: dict[str, Any], ets: bool = True
 ) -> dict[str, Any]:
-    """The standard Sunbird API envelope, plus `ets` (epoch ms) that the mobile app reads."""
-    ts, ets = _now()
-    return {
+    """The standard Sunbird API envelope, plus `ets` (epoch ms) that the mobile app reads (unless `ets` is False)."""
+    ts, now_ms = _now()
+    body = {
         "id": "api.telemetry",
         "ver": "1.0",
         "ts": ts,
-        "ets": ets,
+        "ets": now_ms,
         "params": {
             "resmsgid": str(uuid.uuid4()),
             "msgid": msgid if isinstance(msgid, str) else None,
@@ -41,11 +41,17 @@ def _envelope(
         "responseCode": code,
         "result": result,
     }
+    if not ets:
+        del body["ets"]
+    return body
 
 
-def success_body(msgid: Any, result: dict[str, Any]) -> dict[str, Any]:
-    """The Sunbird success envelope, with `ets` so the mobile app can correct its clock."""
-    return _envelope(msgid, "successful", None, None, "SUCCESS", result)
+def success_body(msgid: Any, result: dict[str, Any], *, ets: bool = True) -> dict[str, Any]:
+    """The Sunbird success envelope, with `ets` so the mobile app can correct its clock.
+
+    `ets=False` while the hub's clock is not known to be good (hub.clock): the app then keeps its own.
+    """
+    return _envelope(msgid, "successful", None, None, "SUCCESS", result, ets)
 
 
 _ERR = {

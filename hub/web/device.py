@@ -174,8 +174,10 @@ class Ingest:
         keys: KeyRing,
         client_timeout: float,
         schema: SchemaChecker | None = None,
+        tells_time: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
+        self.tells_time = tells_time  # whether answers may carry the hub's time (hub.clock); None: always
         self.limits = limits
         self.store_cfg = store_cfg
         self.keys = keys
@@ -295,7 +297,8 @@ class Ingest:
         }
         if checked.warnings:  # which checks the warned events broke (stored and forwarded anyway)
             result_body["warning_reasons"] = [{"reason": k, "count": v} for k, v in sorted(checked.warnings.items())]
-        return json_response(200, success_body(msgid, result_body))
+        ets = self.tells_time() if self.tells_time is not None else True
+        return json_response(200, success_body(msgid, result_body, ets=ets))
 
     def _client_error(self, kind: str) -> None:
         self.counters.client_errors[kind] = self.counters.client_errors.get(kind, 0) + 1
